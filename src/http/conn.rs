@@ -1,0 +1,217 @@
+//! One client connection's socket with its read buffer: reading request heads under the idle and
+//! header deadlines, and `BufRead` for bodies. Bytes past the current request stay buffered, so
+//! pipelined requests are served in order.
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::parse::{parse_head, HeadError, RequestHead};
+
+const INITIAL_BUFFER: usize = 4096;
+
+/// Why no request head could be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadHeadError {
+    /// The client closed, or stayed idle past its deadline, with no request begun: close quietly.
+    Closed,
+    /// Part of a head arrived, but not all of it within the header timeout: 408.
+    Timeout,
+    /// The head is malformed or over a limit: 400/414/431.
+    Invalid(HeadError),
+}
+
+/// How long to wait for a request head.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadDeadlines {
+    /// For the first byte of the request.
+    pub first_byte: Duration,
+    /// For the whole head, counted from the first byte.
+    pub whole_head: Duration,
+    pub max_head_bytes: usize,
+}
+
+/// The read buffer of a connection, apart from the socket so that a body reader and a writer
+/// can borrow the connection at the same time.
+struct ReadBuf {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+pub struct ClientConn {
+    stream: TcpStream,
+    rb: ReadBuf,
+    pub peer: SocketAddr,
+    /// How long one read of a request body, or one write of a response, may block.
+    pub io_timeout: Duration,
+}
+
+/// Reads a connection's bytes: buffered ones first, then the socket.
+pub struct Reader<'a> {
+    rb: &'a mut ReadBuf,
+    stream: &'a TcpStream,
+}
+
+impl ClientConn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, io_timeout: Duration) -> Self {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(io_timeout));
+        ClientConn {
+            stream,
+            rb: ReadBuf {
+                buf: Vec::new(),
+                pos: 0,
+                end: 0,
+            },
+            peer,
+            io_timeout,
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// A `Write` for the client socket.
+    pub fn writer(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes all of `bytes` to the client.
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        (&self.stream).write_all(bytes)
+    }
+
+    /// The reader half and the socket, borrowed together.
+    pub fn split(&mut self) -> (Reader<'_>, &TcpStream) {
+        (
+            Reader {
+                rb: &mut self.rb,
+                stream: &self.stream,
+            },
+            &self.stream,
+        )
+    }
+
+    /// True if request bytes are already buffered (a pipelined request is waiting).
+    pub fn has_buffered(&self) -> bool {
+        self.rb.pos < self.rb.end
+    }
+
+    /// Reads and parses the next request head.
+    pub fn read_head(&mut self, d: HeadDeadlines) -> Result<RequestHead, ReadHeadError> {
+        self.rb.compact();
+        let started = Instant::now();
+        let mut head_started = (self.rb.end > 0).then_some(started);
+        loop {
+            let rb = &mut self.rb;
+            if rb.end > 0 {
+                match parse_head(&rb.buf[..rb.end], d.max_head_bytes) {
+                    Ok(Some((head, len))) => {
+                        rb.pos = len;
+                        return Ok(head);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(ReadHeadError::Invalid(e)),
+                }
+            }
+            let deadline = match head_started {
+                Some(t) => t + d.whole_head,
+                None => started + d.first_byte,
+            };
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
+                return Err(timed_out(head_started.is_some()));
+            };
+            if rb.end == rb.buf.len() {
+                let grown = (rb.buf.len() * 2).clamp(INITIAL_BUFFER, d.max_head_bytes + INITIAL_BUFFER);
+                if grown <= rb.buf.len() {
+                    return Err(ReadHeadError::Invalid(HeadError::TooLarge));
+                }
+                rb.buf.resize(grown, 0);
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match (&self.stream).read(&mut rb.buf[rb.end..]) {
+                Ok(0) => return Err(ReadHeadError::Closed),
+                Ok(n) => {
+                    rb.end += n;
+                    head_started.get_or_insert_with(Instant::now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(timed_out(head_started.is_some()));
+                }
+                Err(_) => return Err(ReadHeadError::Closed),
+            }
+        }
+    }
+
+    /// Switches to body reading: reads block for at most `io_timeout`.
+    pub fn prepare_body_reads(&mut self) {
+        let _ = self.stream.set_read_timeout(Some(self.io_timeout));
+    }
+}
+
+fn timed_out(head_started: bool) -> ReadHeadError {
+    if head_started {
+        ReadHeadError::Timeout
+    } else {
+        ReadHeadError::Closed
+    }
+}
+
+impl ReadBuf {
+    /// Moves buffered bytes to the front; frees a large buffer once it is empty, so that idle
+    /// keep-alive connections hold little memory.
+    fn compact(&mut self) {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+            if self.buf.len() > INITIAL_BUFFER {
+                self.buf = Vec::new();
+            }
+        } else if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+    }
+}
+
+impl Read for Reader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.rb.pos == self.rb.end && out.len() >= INITIAL_BUFFER {
+            return self.stream.read(out);
+        }
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Reader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let rb = &mut *self.rb;
+        if rb.pos == rb.end {
+            if rb.buf.len() < INITIAL_BUFFER * 4 {
+                rb.buf.resize(INITIAL_BUFFER * 4, 0);
+            }
+            rb.pos = 0;
+            rb.end = 0;
+            let n = loop {
+                match self.stream.read(&mut rb.buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => break r?,
+                }
+            };
+            rb.end = n;
+        }
+        Ok(&rb.buf[rb.pos..rb.end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.rb.pos = (self.rb.pos + n).min(self.rb.end);
+    }
+}

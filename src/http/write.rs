@@ -1,0 +1,233 @@
+//! Response bytes for clients: status lines and headers, the responses sluice makes itself
+//! (DESIGN.md §4, a JSON body and `X-Sluice-Error`), and body framing (length, chunked, close).
+//! Builds bytes in buffers so that a head goes out in one write.
+
+use std::io::{self, Write};
+
+use crate::reason::Reason;
+
+/// Canonical reason phrase (ureq does not keep the upstream's).
+pub fn reason_phrase(status: u16) -> &'static str {
+    ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
+
+/// Appends `HTTP/1.x NNN Reason\r\n`.
+pub fn status_line(out: &mut Vec<u8>, status: u16, http10: bool) {
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    let mut digits = [b'0'; 3];
+    let mut s = status.min(999);
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (s % 10) as u8;
+        s /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `name: value\r\n`.
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a decimal number as a header value.
+pub fn header_u64(out: &mut Vec<u8>, name: &[u8], value: u64) {
+    let mut b = itoa_buf(value);
+    header(out, name, b.as_bytes_mut());
+}
+
+struct Itoa {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Itoa {
+    fn as_bytes_mut(&mut self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa_buf(mut v: u64) -> Itoa {
+    let mut buf = [0u8; 20];
+    let mut i = 20;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    Itoa { buf, start: i }
+}
+
+/// A complete response with a small in-memory body (admin endpoints, errors).
+pub struct Simple<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub extra: &'a [(&'a str, &'a str)],
+    pub close: bool,
+    pub http10: bool,
+    pub head_only: bool,
+}
+
+impl Simple<'_> {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        status_line(&mut out, self.status, self.http10);
+        header(&mut out, b"Content-Type", self.content_type.as_bytes());
+        header_u64(&mut out, b"Content-Length", self.body.len() as u64);
+        for (k, v) in self.extra {
+            header(&mut out, k.as_bytes(), v.as_bytes());
+        }
+        if self.close {
+            header(&mut out, b"Connection", b"close");
+        } else if self.http10 {
+            header(&mut out, b"Connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !self.head_only {
+            out.extend_from_slice(self.body);
+        }
+        out
+    }
+}
+
+/// The JSON error body of DESIGN.md §4.
+pub fn error_body(reason: Reason, request_id: &str) -> String {
+    serde_json::json!({
+        "error": reason.as_str(),
+        "message": reason.message(),
+        "request_id": request_id,
+    })
+    .to_string()
+}
+
+/// A response sluice makes itself for `reason`, with `X-Sluice-Error`, `X-Request-Id` and, on
+/// every 503, `Retry-After`.
+pub fn error_response(
+    reason: Reason,
+    request_id: &str,
+    retry_after_secs: Option<u64>,
+    close: bool,
+    http10: bool,
+) -> Vec<u8> {
+    let body = error_body(reason, request_id);
+    let retry = retry_after_secs
+        .or((reason.status() == 503).then_some(1))
+        .map(|s| s.max(1).to_string());
+    let mut extra: Vec<(&str, &str)> = vec![("X-Sluice-Error", reason.as_str())];
+    if !request_id.is_empty() {
+        extra.push(("X-Request-Id", request_id));
+    }
+    if let Some(r) = &retry {
+        extra.push(("Retry-After", r));
+    }
+    Simple {
+        status: reason.status(),
+        content_type: "application/json",
+        body: body.as_bytes(),
+        extra: &extra,
+        close,
+        http10,
+        head_only: false,
+    }
+    .to_bytes()
+}
+
+/// How a response body is delimited on the client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length` passed through.
+    Length,
+    /// Chunked (HTTP/1.1 client, length unknown).
+    Chunked,
+    /// Delimited by closing the connection (HTTP/1.0 client, length unknown).
+    Close,
+}
+
+/// Room kept before the data in a copy buffer for a chunk-size line.
+pub const CHUNK_PREFIX: usize = 18;
+/// Room kept after the data for the chunk's CRLF.
+pub const CHUNK_SUFFIX: usize = 2;
+
+/// Writes `buf[CHUNK_PREFIX..CHUNK_PREFIX + n]` as one body piece in one write call, framing
+/// it as a chunk when needed. `buf` must have `CHUNK_SUFFIX` bytes of room after the data.
+pub fn write_piece(w: &mut dyn Write, framing: BodyFraming, buf: &mut [u8], n: usize) -> io::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    match framing {
+        BodyFraming::None => Ok(()),
+        BodyFraming::Length | BodyFraming::Close => w.write_all(&buf[CHUNK_PREFIX..CHUNK_PREFIX + n]),
+        BodyFraming::Chunked => {
+            let size = format_hex(n);
+            let start = CHUNK_PREFIX - size.len() - 2;
+            buf[start..start + size.len()].copy_from_slice(&size);
+            buf[CHUNK_PREFIX - 2..CHUNK_PREFIX].copy_from_slice(b"\r\n");
+            buf[CHUNK_PREFIX + n..CHUNK_PREFIX + n + 2].copy_from_slice(b"\r\n");
+            w.write_all(&buf[start..CHUNK_PREFIX + n + 2])
+        }
+    }
+}
+
+fn format_hex(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    loop {
+        out.push(b"0123456789abcdef"[n & 15]);
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// The last chunk, written when a chunked body ended cleanly (never after an upstream failure:
+/// then the connection is closed so the client sees a truncated response).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_carries_reason_everywhere() {
+        let bytes = error_response(Reason::QueueFull, "abc", None, false, false);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(text.contains("X-Sluice-Error: queue_full\r\n"));
+        assert!(text.contains("Retry-After: 1\r\n"));
+        assert!(text.contains("X-Request-Id: abc\r\n"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "queue_full");
+        assert_eq!(v["request_id"], "abc");
+        let text = String::from_utf8(error_response(Reason::UpstreamTimeout, "", None, true, true)).unwrap();
+        assert!(text.starts_with("HTTP/1.0 504 Gateway Timeout\r\n"));
+        assert!(!text.contains("Retry-After"));
+        assert!(text.contains("Connection: close\r\n"));
+    }
+
+    #[test]
+    fn chunk_piece_is_framed_in_place() {
+        let mut buf = vec![0u8; CHUNK_PREFIX + 300 + CHUNK_SUFFIX];
+        buf[CHUNK_PREFIX..CHUNK_PREFIX + 300].fill(b'x');
+        let mut out = Vec::new();
+        write_piece(&mut out, BodyFraming::Chunked, &mut buf, 300).unwrap();
+        assert_eq!(&out[..5], b"12c\r\n");
+        assert_eq!(out.len(), 5 + 300 + 2);
+        assert!(out.ends_with(b"x\r\n"));
+    }
+}

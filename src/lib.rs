@@ -1,0 +1,121 @@
+//! sluice: a small, fast, dependable HTTP/1.1 reverse proxy for one upstream.
+//!
+//! `start(Config)` binds the listener and starts the acceptor and the worker pool; the returned
+//! `Running` reports the bound address and drains or stops the proxy. DESIGN.md §1 draws the
+//! shape: acceptor → connection threads → bounded queue → workers → one shared ureq agent.
+
+pub mod access_log;
+pub mod admin;
+pub mod breaker;
+pub mod config;
+pub mod connection;
+pub mod forward;
+pub mod handoff;
+pub mod headers;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod rand;
+pub mod reason;
+pub mod retry;
+pub mod server;
+pub mod state;
+pub mod test_upstream;
+pub mod worker;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use config::Config;
+use state::Shared;
+
+/// A started proxy.
+pub struct Running {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Binds `host:port` and starts serving. Port 0 picks a free port (see `Running::addr`).
+pub fn start(config: Config) -> io::Result<Running> {
+    let addr = (config.host.as_str(), config.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "listen address resolves to nothing"))?;
+    let listener = TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    log::set_level(config.log_level);
+    let (tx, rx) = crossbeam_channel::bounded(config.max_queue_size);
+    let shared = Arc::new(Shared::new(config, tx));
+    let workers = worker::spawn(&shared, rx);
+    let acceptor = server::spawn_acceptor(shared.clone(), listener)?;
+    Ok(Running {
+        addr,
+        shared,
+        acceptor: Some(acceptor),
+        workers,
+    })
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// Stops accepting; health turns 503 `draining`; new requests on open connections get 503
+    /// `draining`. Requests already accepted go on.
+    pub fn drain(&mut self) {
+        self.shared.start_draining();
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(if wake.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+
+    /// Waits until no request is queued or in flight, at most `grace`. True if it got there.
+    pub fn wait_idle(&self, grace: Duration) -> bool {
+        let until = Instant::now() + grace;
+        loop {
+            let busy = self.shared.metrics.active_requests.load(Relaxed) > 0 || self.shared.queue_size() > 0;
+            if !busy {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Drains, waits up to `grace` for in-flight requests, then stops the workers.
+    pub fn shutdown(mut self, grace: Duration) -> bool {
+        self.drain();
+        let idle = self.wait_idle(grace);
+        self.shared.stop();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        idle
+    }
+}

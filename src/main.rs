@@ -1,0 +1,131 @@
+//! The `sluice` command: parse flags, load and validate the config (exit 2 naming the key on a
+//! bad one), `--check-config`, then serve until SIGTERM/SIGINT (graceful drain) with SIGHUP
+//! reloading the config file.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use sluice::config::{self, Flags, Loaded, KEYS};
+use sluice::{error, info, warn};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args.first().map_or("sluice", String::as_str);
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let flags = match Flags::from_args(&[cmd], &rest) {
+        Ok(f) => f,
+        Err(early) => {
+            return if early.status.is_ok() {
+                println!("{}", early.output);
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}", early.output.trim_end());
+                eprintln!("Run sluice --help for the list of settings.");
+                ExitCode::from(2)
+            };
+        }
+    };
+    if flags.version {
+        println!("sluice {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let loaded = match config::load(&flags) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.check_config {
+        print_check(&loaded);
+        return ExitCode::SUCCESS;
+    }
+    run(flags, loaded)
+}
+
+/// `--check-config`: every effective setting with where it came from, then the warnings.
+fn print_check(loaded: &Loaded) {
+    let json = loaded.config.to_json();
+    println!("config ok");
+    for key in KEYS {
+        println!("  {key:<27} {:<24} ({})", json[*key].to_string(), loaded.sources[key].as_str());
+    }
+    for w in loaded.config.warnings() {
+        println!("warning: {w}");
+    }
+}
+
+fn run(flags: Flags, loaded: Loaded) -> ExitCode {
+    let cfg = loaded.config;
+    let grace = cfg.shutdown_grace;
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut running = match sluice::start(cfg.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: cannot listen on {}:{}: {e}", cfg.host, cfg.port);
+            return ExitCode::from(1);
+        }
+    };
+    info!(
+        "sluice {} listening on {} -> {} (workers={} queue={} queue_timeout={}s connect_timeout={}s read_timeout={}s retries={} breaker={}/{}s)",
+        env!("CARGO_PKG_VERSION"),
+        running.addr(),
+        cfg.target_base(),
+        cfg.max_concurrent_requests,
+        cfg.max_queue_size,
+        cfg.queue_timeout.as_secs_f64(),
+        cfg.connect_timeout.as_secs_f64(),
+        cfg.read_timeout.as_secs_f64(),
+        cfg.max_retries,
+        cfg.circuit_breaker_threshold,
+        cfg.circuit_breaker_timeout.as_secs_f64(),
+    );
+    for w in cfg.warnings() {
+        warn!("{w}");
+    }
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => reload(&flags, &running),
+            _ => {
+                info!("signal {sig}: draining (grace {}s); a second signal exits at once", grace.as_secs_f64());
+                running.drain();
+                std::thread::spawn(move || {
+                    if let Some(again) = Signals::new([SIGTERM, SIGINT]).ok().and_then(|mut s| s.forever().next()) {
+                        warn!("signal {again} while draining: exiting now");
+                        std::process::exit(1);
+                    }
+                });
+                let idle = running.wait_idle(grace);
+                if !idle {
+                    warn!("grace period over with requests still in flight; exiting");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                info!("drained; bye");
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn reload(flags: &Flags, running: &sluice::Running) {
+    match config::reload(flags) {
+        Ok(new) => {
+            let fixed = running.shared().reconfigure(new);
+            info!("SIGHUP: config reloaded");
+            if !fixed.is_empty() {
+                warn!("SIGHUP: {} changed but need a restart; kept the running values", fixed.join(", "));
+            }
+        }
+        Err(e) => error!("SIGHUP: config not reloaded, keeping the running one: {e}"),
+    }
+}

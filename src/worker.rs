@@ -1,0 +1,169 @@
+//! The worker pool: `max_concurrent_requests` threads drain the bounded queue. Each job is
+//! checked against the queue deadline and the breaker, forwarded, recorded, and its connection
+//! handed back. A panic while handling one request is caught; the worker lives on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::access_log::{self, RequestCtx};
+use crate::breaker::{Admit, Verdict};
+use crate::forward::{self, COPY_BUFFER};
+use crate::handoff::Handoff;
+use crate::http::conn::ClientConn;
+use crate::http::parse::{Framing, RequestHead};
+use crate::metrics::Outcome;
+use crate::reason::Reason;
+use crate::state::Shared;
+
+/// A request parked in its connection's hand-off slot while it waits for a worker.
+pub struct Parked {
+    pub conn: ClientConn,
+    pub head: RequestHead,
+    pub request_id: String,
+    /// When its head was parsed: response time and queue wait count from here.
+    pub started: Instant,
+}
+
+/// One queued request: which slot holds it, and which request of that connection it is.
+pub struct Job {
+    pub handoff: Arc<Handoff<Parked>>,
+    pub gen: u64,
+}
+
+pub fn spawn(shared: &Arc<Shared>, rx: Receiver<Job>) -> Vec<JoinHandle<()>> {
+    (0..shared.workers)
+        .filter_map(|i| {
+            let (shared, rx) = (shared.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("sluice-worker-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || run(&shared, &rx))
+                .map_err(|e| crate::error!("could not start worker {i}: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
+fn run(shared: &Shared, rx: &Receiver<Job>) {
+    let mut scratch = vec![0u8; COPY_BUFFER];
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(job) => {
+                if catch_unwind(AssertUnwindSafe(|| handle(shared, &job, &mut scratch))).is_err() {
+                    shared.metrics.worker_panics.fetch_add(1, Relaxed);
+                    crate::error!("worker panicked; that request's connection was closed");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if shared.stopping() => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Counts a request in `active_requests` while it is held by a worker (panics included).
+struct Active<'a>(&'a Shared);
+
+impl<'a> Active<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.metrics.active_requests.fetch_add(1, Relaxed);
+        Active(shared)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.active_requests.fetch_sub(1, Relaxed);
+    }
+}
+
+fn handle(shared: &Shared, job: &Job, scratch: &mut [u8]) {
+    let Some(mut claim) = job.handoff.claim(job.gen) else {
+        return; // the connection thread answered 503 queue_timeout already
+    };
+    let _active = Active::new(shared);
+    let cfg = shared.config();
+    let Parked {
+        conn,
+        head,
+        request_id,
+        started,
+    } = claim.item();
+    let waited = started.elapsed();
+    shared.metrics.record_queue_wait(waited);
+    let (head, rid) = (&*head, request_id.as_str());
+    let body_done = head.framing == Framing::None;
+    let admit = (waited <= cfg.queue_timeout).then(|| shared.admit());
+    let fin = match admit {
+        None => forward::answer(conn, head, Reason::QueueTimeout, rid, None, body_done),
+        Some(Admit::Reject { retry_after }) => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            forward::answer(conn, head, Reason::CircuitOpen, rid, Some(secs), body_done)
+        }
+        Some(Admit::Pass) => forward::proxy(shared, &cfg, conn, head, rid, false, scratch),
+        Some(Admit::Probe) => {
+            let guard = ProbeGuard(Some(shared));
+            let fin = forward::proxy(shared, &cfg, conn, head, rid, true, scratch);
+            std::mem::forget(guard);
+            fin
+        }
+    };
+    if let Some(a @ (Admit::Pass | Admit::Probe)) = admit {
+        shared.record_verdict(verdict(fin.outcome), a == Admit::Probe);
+    }
+    let ctx = RequestCtx {
+        method: &head.method,
+        target: &head.target,
+        request_id: rid,
+        peer: conn.peer,
+        started: *started,
+        queue_wait: waited,
+    };
+    access_log::record(shared, &ctx, &fin);
+    claim.finish(fin.keep_alive);
+}
+
+/// Frees the breaker's probe slot if the probe request panics, so the breaker cannot stay
+/// half-open with a probe that will never report.
+struct ProbeGuard<'a>(Option<&'a Shared>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.record_verdict(Verdict::Neutral, true);
+        }
+    }
+}
+
+/// What an outcome tells the breaker about the upstream.
+pub fn verdict(outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Upstream(502..=504) | Outcome::Truncated => Verdict::Failure,
+        Outcome::Upstream(_) => Verdict::Success,
+        Outcome::Sluice(
+            Reason::ConnectFailed | Reason::ConnectTimeout | Reason::UpstreamTimeout | Reason::UpstreamError,
+        ) => Verdict::Failure,
+        Outcome::Sluice(_) | Outcome::ClientAbort => Verdict::Neutral,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_counts_gateway_failures_but_not_application_errors() {
+        assert_eq!(verdict(Outcome::Upstream(503)), Verdict::Failure);
+        assert_eq!(verdict(Outcome::Upstream(500)), Verdict::Success);
+        assert_eq!(verdict(Outcome::Upstream(404)), Verdict::Success);
+        assert_eq!(verdict(Outcome::Sluice(Reason::ConnectFailed)), Verdict::Failure);
+        assert_eq!(verdict(Outcome::Sluice(Reason::QueueFull)), Verdict::Neutral);
+        assert_eq!(verdict(Outcome::ClientAbort), Verdict::Neutral);
+        assert_eq!(verdict(Outcome::Truncated), Verdict::Failure);
+    }
+}

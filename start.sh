@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Start sluice: builds the release binary if needed and runs it with proxy_config.json
+# (flags given here override the file). Also: --demo, --build-static.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# More open files for many client connections (each connection is one fd, plus one upstream fd).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+
+case "${1:-}" in
+  --demo)
+    shift
+    cargo build --release --quiet --bins
+    exec ./target/release/sluice-demo "$@"
+    ;;
+  --build-static)
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --bin sluice
+    echo "static binary: target/x86_64-unknown-linux-gnu/release/sluice"
+    exit 0
+    ;;
+esac
+
+cargo build --release --quiet --bin sluice
+config=()
+if [[ " $* " != *" --config "* && -f proxy_config.json ]]; then
+  config=(--config proxy_config.json)
+fi
+exec ./target/release/sluice "${config[@]}" "$@"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, end-to-end tests (real sluice + real test upstream on
+# 127.0.0.1), doc tests. Installs nothing system-wide beyond what the tests need.
+set -euo pipefail
+cd "$(dirname "$0")"
+cargo build --release --quiet --bins
+cargo test --release -- --test-threads="${TEST_THREADS:-4}"
