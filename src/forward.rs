@@ -152,7 +152,8 @@ fn upstream_request(base: &str, head: &RequestHead, conn: &ClientConn, request_i
     for (name, value) in headers::upstream_request_headers(head, conn.peer.ip(), request_id) {
         b = b.header(name.as_str(), value.as_slice());
     }
-    if head.framing == Framing::None && matches!(head.method.as_str(), "POST" | "PUT" | "PATCH") {
+    let has_length = head.header("content-length").is_some();
+    if head.framing == Framing::None && !has_length && matches!(head.method.as_str(), "POST" | "PUT" | "PATCH") {
         b = b.header("content-length", "0");
     }
     b.body(()).ok()

@@ -263,33 +263,34 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
     }
     let fail = state.fail_status.load(Relaxed) as u16;
     let status = if fail > 0 { fail } else { num("status").unwrap_or(200) as u16 };
-    let body: Vec<u8> = if flag("echo") {
+    let body = if flag("echo") {
         let headers: Vec<_> = received
             .headers
             .iter()
             .map(|(n, v)| json!([n, String::from_utf8_lossy(v)]))
             .collect();
-        json!({
-            "method": received.method,
-            "target": received.target,
-            "headers": headers,
-            "body_len": received.body_len,
-            "body_hash": format!("{:016x}", received.body_hash),
-        })
-        .to_string()
-        .into_bytes()
+        Payload::Bytes(
+            json!({
+                "method": received.method,
+                "target": received.target,
+                "headers": headers,
+                "body_len": received.body_len,
+                "body_hash": format!("{:016x}", received.body_hash),
+            })
+            .to_string()
+            .into_bytes(),
+        )
     } else if echo_body {
-        echoed
+        Payload::Bytes(echoed)
     } else if let Some(n) = num("body_bytes") {
-        (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+        Payload::Pattern(n)
     } else {
-        b"ok".to_vec()
+        Payload::Bytes(b"ok".to_vec())
     };
     let bodiless = head.is_head() || status == 204 || status == 304 || status < 200;
     let mut out = Vec::with_capacity(256);
     write!(out, "HTTP/1.1 {status} {}\r\n", crate::http::write::reason_phrase(status))?;
-    for (k, v) in p.iter().filter(|(k, _)| k == "header") {
-        let _ = k;
+    for (_, v) in p.iter().filter(|(k, _)| k == "header") {
         if let Some((name, value)) = v.split_once(':') {
             write!(out, "{name}: {value}\r\n")?;
         }
@@ -312,28 +313,65 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         return Ok(!flag("drop_after"));
     }
     if flag("close_mid_body") || flag("reset_mid_body") {
-        let half = &body[..body.len() / 2];
-        if chunked {
-            write!(conn.writer(), "{:x}\r\n", half.len())?;
-        }
-        conn.write_all(half)?;
+        body.write(conn, body.len() / 2, chunked)?;
         std::thread::sleep(Duration::from_millis(20));
         if flag("reset_mid_body") {
             reset(conn);
         }
         return Ok(false);
     }
+    body.write(conn, body.len(), chunked)?;
     if chunked {
-        for piece in body.chunks(16 * 1024) {
-            write!(conn.writer(), "{:x}\r\n", piece.len())?;
-            conn.write_all(piece)?;
-            conn.write_all(b"\r\n")?;
-        }
         conn.write_all(b"0\r\n\r\n")?;
-    } else {
-        conn.write_all(&body)?;
     }
     Ok(!(no_length || flag("drop_after")))
+}
+
+/// A response body: given bytes, or `n` bytes of a repeating alphabet made as they are sent.
+enum Payload {
+    Bytes(Vec<u8>),
+    Pattern(u64),
+}
+
+const PATTERN_PIECE: usize = 64 * 1024;
+
+/// The byte at `i` of a `Pattern` body.
+pub fn pattern_byte(i: u64) -> u8 {
+    b'a' + (i % 26) as u8
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::Pattern(n) => *n,
+        }
+    }
+
+    /// Writes the first `upto` bytes, as chunks if `chunked` (the last chunk is not written).
+    fn write(&self, conn: &mut ClientConn, upto: u64, chunked: bool) -> io::Result<()> {
+        let piece: Vec<u8> = (0..PATTERN_PIECE as u64 + 26).map(pattern_byte).collect();
+        let mut sent = 0u64;
+        while sent < upto {
+            let n = (upto - sent).min(PATTERN_PIECE as u64) as usize;
+            let data = match self {
+                Payload::Bytes(b) => &b[sent as usize..sent as usize + n],
+                Payload::Pattern(_) => {
+                    let off = (sent % 26) as usize;
+                    &piece[off..off + n]
+                }
+            };
+            if chunked {
+                write!(conn.writer(), "{n:x}\r\n")?;
+                conn.write_all(data)?;
+                conn.write_all(b"\r\n")?;
+            } else {
+                conn.write_all(data)?;
+            }
+            sent += n as u64;
+        }
+        Ok(())
+    }
 }
 
 fn control(conn: &mut ClientConn, head: &RequestHead, state: &State, status: Option<u64>, ms: Option<u64>) -> io::Result<bool> {
