@@ -10,7 +10,7 @@
 //! | `echo=1` | JSON of what was received (method, target, headers, body length and hash) |
 //! | `echo_body=1` | the request body streamed back |
 //! | `header=Name:Value` | extra response header (repeatable) |
-//! | `close_mid_body=1` / `reset_mid_body=1` | send half the declared body, then FIN / RST |
+//! | `close_mid_body=1` / `reset_mid_body=1` / `stall_mid_body=1` | send half the body, then FIN / RST / silence |
 //! | `reset=1` / `close=1` / `hang=1` | RST / FIN / silence instead of a response |
 //! | `garbage=1` / `big_header=N` | a non-HTTP answer / a response header of N bytes |
 //! | `drop_after=1` | close the connection after the response without saying so (stale pool) |
@@ -312,8 +312,11 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
     if bodiless {
         return Ok(!flag("drop_after"));
     }
-    if flag("close_mid_body") || flag("reset_mid_body") {
+    if flag("close_mid_body") || flag("reset_mid_body") || flag("stall_mid_body") {
         body.write(conn, body.len() / 2, chunked)?;
+        if flag("stall_mid_body") {
+            hang(conn);
+        }
         std::thread::sleep(Duration::from_millis(20));
         if flag("reset_mid_body") {
             reset(conn);

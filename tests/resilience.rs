@@ -1,0 +1,204 @@
+//! Retries and the circuit breaker end to end, against real upstream faults.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sluice::test_upstream::TestUpstream;
+
+#[test]
+fn breaker_opens_answers_fast_probes_once_and_closes_on_recovery() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.circuit_breaker_threshold = 3;
+        c.circuit_breaker_timeout = Duration::from_millis(800);
+        c.max_retries = 0;
+    });
+    up.set_fail(Some(503));
+    for _ in 0..3 {
+        assert_eq!(get(s.addr(), "/f").status, 503);
+    }
+    assert_eq!(metrics(s.addr())["circuit_state"], "open");
+    assert_eq!(get(s.addr(), "/proxy-health").json()["status"], "degraded");
+    let before = up.request_count();
+    let mut c = Conn::open(s.addr());
+    let t = Instant::now();
+    let r = c.get("/while-open");
+    let took = t.elapsed();
+    r.assert_sluice_error(503, "circuit_open");
+    assert!(took < Duration::from_millis(50), "open breaker answered in {took:?}");
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after >= 1 && retry_after <= 1, "Retry-After is the whole seconds until half-open");
+    assert_eq!(up.request_count(), before, "no upstream traffic while open");
+
+    std::thread::sleep(Duration::from_millis(850));
+    up.set_fail(None);
+    assert_eq!(get(s.addr(), "/probe").status, 200);
+    assert_eq!(up.request_count(), before + 1, "exactly the probe reached the upstream");
+    let m = metrics(s.addr());
+    assert_eq!(m["circuit_state"], "closed");
+    assert_eq!(m["consecutive_failures"], 0);
+    assert_eq!(m["circuit_rejected"], 1);
+    assert_eq!(get(s.addr(), "/proxy-health").json()["status"], "healthy");
+}
+
+#[test]
+fn a_failing_probe_reopens_the_breaker() {
+    let s = sluice(closed_port(), |c| {
+        c.circuit_breaker_threshold = 2;
+        c.circuit_breaker_timeout = Duration::from_millis(300);
+        c.max_retries = 0;
+    });
+    for _ in 0..2 {
+        get(s.addr(), "/").assert_sluice_error(502, "connect_failed");
+    }
+    get(s.addr(), "/").assert_sluice_error(503, "circuit_open");
+    std::thread::sleep(Duration::from_millis(350));
+    get(s.addr(), "/probe").assert_sluice_error(502, "connect_failed");
+    get(s.addr(), "/").assert_sluice_error(503, "circuit_open");
+    let prom = get(s.addr(), "/proxy-metrics/prometheus").text();
+    assert!(prom.contains("sluice_circuit_transitions_total{to=\"open\"} 2"), "{prom}");
+    assert!(prom.contains("sluice_circuit_transitions_total{to=\"half_open\"} 1"));
+}
+
+#[test]
+fn half_open_lets_one_probe_through_among_concurrent_requests() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.circuit_breaker_threshold = 1;
+        c.circuit_breaker_timeout = Duration::from_millis(300);
+        c.max_retries = 0;
+    });
+    up.set_fail(Some(502));
+    assert_eq!(get(s.addr(), "/").status, 502);
+    up.set_fail(None);
+    std::thread::sleep(Duration::from_millis(350));
+    let before = up.request_count();
+    let addr = s.addr();
+    let all: Vec<_> = (0..8).map(|_| std::thread::spawn(move || get(addr, "/p?delay_ms=300").status)).collect();
+    let statuses: Vec<u16> = all.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 7);
+    assert_eq!(up.request_count(), before + 1);
+}
+
+#[test]
+fn application_errors_do_not_open_the_breaker() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.circuit_breaker_threshold = 2);
+    for status in [500, 404, 500, 400, 500] {
+        assert_eq!(get(s.addr(), &format!("/?status={status}")).status, status);
+    }
+    assert_eq!(metrics(s.addr())["circuit_state"], "closed");
+}
+
+#[test]
+fn idempotent_request_is_retried_after_a_gateway_error_and_counted() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_retries = 2);
+    assert_eq!(get(s.addr(), "/?status=503").status, 503);
+    assert_eq!(up.request_count(), 3, "GET tried 1 + max_retries times");
+    let m = metrics(s.addr());
+    assert_eq!((m["retried_requests"].as_u64(), m["retry_attempts"].as_u64()), (Some(1), Some(2)));
+}
+
+#[test]
+fn post_to_a_refused_port_is_retried_because_nothing_was_sent() {
+    let port = closed_port();
+    let s = sluice(port, |c| {
+        c.max_retries = 2;
+        c.retry_backoff_factor = 0.4;
+    });
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(80));
+        TestUpstream::start_on(&format!("127.0.0.1:{port}"), true).unwrap()
+    });
+    let r = send(s.addr(), b"POST /create HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    let up = starter.join().unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = up.received();
+    assert_eq!(got.len(), 1, "the POST reached the upstream exactly once");
+    assert_eq!(got[0].body_prefix, b"hello");
+    assert!(metrics(s.addr())["retry_attempts"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn post_whose_body_was_sent_is_not_retried_after_a_reset() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_retries = 2);
+    let r = send(s.addr(), b"POST /pay?reset=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    r.assert_sluice_error(502, "upstream_error");
+    assert_eq!(up.request_count(), 1, "a POST that reached the upstream is never replayed");
+    let r = send(s.addr(), b"POST /pay?status=503 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(r.status, 503);
+    assert_eq!(up.request_count(), 2, "nor after a 503");
+}
+
+#[test]
+fn put_with_a_small_body_is_replayed_intact() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_retries = 1);
+    let r = send(s.addr(), b"PUT /doc?reset=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    r.assert_sluice_error(502, "upstream_error");
+    let got = up.received();
+    assert_eq!(got.len(), 2, "an idempotent PUT with a buffered body is retried");
+    assert!(got.iter().all(|g| g.body_prefix == b"hello" && g.body_complete));
+}
+
+#[test]
+fn stale_pooled_connections_are_retried_transparently() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_concurrent_requests = 1);
+    for i in 0..20 {
+        let r = get(s.addr(), &format!("/s{i}?drop_after=1"));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    assert!(up.connection_count() >= 2, "the upstream really dropped connections");
+}
+
+#[test]
+fn retry_budget_bounds_amplification_against_a_failing_upstream() {
+    let up = upstream();
+    up.set_fail(Some(503));
+    let s = sluice(up.port(), |c| {
+        c.max_retries = 2;
+        c.retry_backoff_factor = 0.0;
+        c.circuit_breaker_threshold = 1_000_000;
+    });
+    let addr = s.addr();
+    let t = Instant::now();
+    let per_thread = 50;
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                (0..per_thread).filter(|_| c.get("/x").status == 503).count()
+            })
+        })
+        .collect();
+    let answered: usize = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    let secs = t.elapsed().as_secs_f64();
+    let clients = (8 * per_thread) as f64;
+    let upstream_saw = up.request_count() as f64;
+    let allowed = 1.2 * clients + 5.0 * secs.ceil() + 10.0;
+    eprintln!("retry amplification: {clients} client requests -> {upstream_saw} upstream requests ({:.2}x) in {secs:.2}s", upstream_saw / clients);
+    assert_eq!(answered, 8 * per_thread);
+    assert!(upstream_saw <= allowed, "upstream saw {upstream_saw} for {clients} requests (allowed {allowed})");
+    assert!(upstream_saw > clients, "some retries happened");
+}
+
+#[test]
+fn no_retries_while_the_breaker_is_open() {
+    let s = sluice(closed_port(), |c| {
+        c.max_retries = 2;
+        c.circuit_breaker_threshold = 1;
+        c.circuit_breaker_timeout = Duration::from_secs(60);
+    });
+    get(s.addr(), "/").assert_sluice_error(502, "connect_failed");
+    let attempts_before = metrics(s.addr())["upstream_attempts"].as_u64().unwrap();
+    for _ in 0..5 {
+        get(s.addr(), "/").assert_sluice_error(503, "circuit_open");
+    }
+    assert_eq!(metrics(s.addr())["upstream_attempts"].as_u64().unwrap(), attempts_before);
+}
