@@ -83,13 +83,17 @@ pub fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
                 started,
             },
         );
-        let refused = match shared.queue.try_send(Job {
-            handoff: handoff.clone(),
-            gen,
-        }) {
-            Ok(()) => None,
-            Err(TrySendError::Full(_)) => Some(Reason::QueueFull),
-            Err(TrySendError::Disconnected(_)) => Some(Reason::Draining),
+        let refused = match shared.admission.try_enter() {
+            None => Some(Reason::QueueFull),
+            Some(ticket) => match shared.queue.try_send(Job {
+                handoff: handoff.clone(),
+                gen,
+                ticket,
+            }) {
+                Ok(()) => None,
+                Err(TrySendError::Full(_)) => Some(Reason::QueueFull),
+                Err(TrySendError::Disconnected(_)) => Some(Reason::Draining),
+            },
         };
         let (parked, reason, waited) = match refused {
             Some(reason) => match handoff.take_back(gen) {

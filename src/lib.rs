@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod breaker;
 pub mod config;
 pub mod connection;
@@ -50,7 +51,8 @@ pub fn start(config: Config) -> io::Result<Running> {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
     log::set_level(config.log_level);
-    let (tx, rx) = crossbeam_channel::bounded(config.max_queue_size);
+    let capacity = admission::Admission::new(config.max_concurrent_requests, config.max_queue_size).capacity();
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
     let shared = Arc::new(Shared::new(config, tx));
     let workers = worker::spawn(&shared, rx);
     let acceptor = server::spawn_acceptor(shared.clone(), listener)?;

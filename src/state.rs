@@ -8,6 +8,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 
+use crate::admission::Admission;
 use crate::breaker::{Admit, Breaker, State, Transition, Verdict};
 use crate::config::Config;
 use crate::forward::Upstream;
@@ -22,6 +23,7 @@ pub struct Shared {
     breaker: Mutex<Breaker>,
     pub budget: Mutex<RetryBudget>,
     pub queue: Sender<Job>,
+    pub admission: Admission,
     /// Fixed at start: worker threads and queue capacity (changing them needs a restart).
     pub workers: usize,
     pub queue_capacity: usize,
@@ -38,6 +40,7 @@ impl Shared {
             upstream: RwLock::new(Arc::new(Upstream::new(&config))),
             breaker: Mutex::new(Breaker::new(config.circuit_breaker_threshold, config.circuit_breaker_timeout)),
             budget: Mutex::new(RetryBudget::standard(now)),
+            admission: Admission::new(config.max_concurrent_requests, config.max_queue_size),
             workers: config.max_concurrent_requests,
             queue_capacity: config.max_queue_size,
             config: RwLock::new(Arc::new(config)),

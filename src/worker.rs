@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::access_log::{self, RequestCtx};
+use crate::admission::Ticket;
 use crate::breaker::{Admit, Verdict};
 use crate::forward::{self, COPY_BUFFER};
 use crate::handoff::Handoff;
@@ -33,6 +34,8 @@ pub struct Parked {
 pub struct Job {
     pub handoff: Arc<Handoff<Parked>>,
     pub gen: u64,
+    /// Held until the worker is done with the job; counts it against the admission limit.
+    pub ticket: Ticket,
 }
 
 pub fn spawn(shared: &Arc<Shared>, rx: Receiver<Job>) -> Vec<JoinHandle<()>> {
@@ -54,7 +57,7 @@ fn run(shared: &Shared, rx: &Receiver<Job>) {
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(job) => {
-                if catch_unwind(AssertUnwindSafe(|| handle(shared, &job, &mut scratch))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| handle(shared, job, &mut scratch))).is_err() {
                     shared.metrics.worker_panics.fetch_add(1, Relaxed);
                     crate::error!("worker panicked; that request's connection was closed");
                 }
@@ -82,11 +85,12 @@ impl Drop for Active<'_> {
     }
 }
 
-fn handle(shared: &Shared, job: &Job, scratch: &mut [u8]) {
-    let Some(mut claim) = job.handoff.claim(job.gen) else {
+fn handle(shared: &Shared, job: Job, scratch: &mut [u8]) {
+    let Job { handoff, gen, ticket } = job;
+    let Some(mut claim) = handoff.claim(gen) else {
         return; // the connection thread answered 503 queue_timeout already
     };
-    let _active = Active::new(shared);
+    let active = Active::new(shared);
     let cfg = shared.config();
     let Parked {
         conn,
@@ -125,6 +129,8 @@ fn handle(shared: &Shared, job: &Job, scratch: &mut [u8]) {
         queue_wait: waited,
     };
     access_log::record(shared, &ctx, &fin);
+    // Before the hand-back, so the client's next request finds this worker free.
+    drop((ticket, active));
     claim.finish(fin.keep_alive);
 }
 
