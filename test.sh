@@ -3,5 +3,9 @@
 # 127.0.0.1), doc tests. Installs nothing system-wide beyond what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The observability tests judge the Prometheus text with the official Python parser.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore prometheus_client
+fi
 cargo build --release --quiet --bins
 cargo test --release -- --test-threads="${TEST_THREADS:-4}"

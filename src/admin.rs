@@ -29,7 +29,11 @@ pub fn is_admin(head: &RequestHead) -> bool {
 pub fn serve(shared: &Shared, conn: &mut ClientConn, head: &RequestHead) -> bool {
     let keep = head.keep_alive && head.framing == Framing::None;
     let (status, ctype, body) = if !matches!(head.method.as_str(), "GET" | "HEAD") {
-        (405, "application/json", json!({"error": "method_not_allowed"}).to_string())
+        (
+            405,
+            "application/json",
+            json!({"error": "method_not_allowed"}).to_string(),
+        )
     } else {
         match path_only(&head.path) {
             HEALTH => {
@@ -37,14 +41,19 @@ pub fn serve(shared: &Shared, conn: &mut ClientConn, head: &RequestHead) -> bool
                 (status, "application/json", v.to_string())
             }
             METRICS => (200, "application/json", metrics_json(shared).to_string()),
-            _ => (200, "text/plain; version=0.0.4; charset=utf-8", prometheus(shared)),
+            _ => (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                prometheus(shared),
+            ),
         }
     };
     let bytes = Simple {
         status,
         content_type: ctype,
         body: body.as_bytes(),
-        extra: &[("Cache-Control", "no-store"), ("Allow", "GET, HEAD")][usize::from(status != 405)..],
+        extra: &[("Cache-Control", "no-store"), ("Allow", "GET, HEAD")]
+            [usize::from(status != 405)..],
         close: !keep,
         http10: head.http10,
         head_only: head.is_head(),
@@ -151,41 +160,121 @@ pub fn prometheus(shared: &Shared) -> String {
     let head = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    head(&mut o, "sluice_requests_total", "counter", "Proxied requests, by how they ended.");
+    head(
+        &mut o,
+        "sluice_requests_total",
+        "counter",
+        "Proxied requests, by how they ended.",
+    );
     for (label, n) in m.outcomes() {
         let _ = writeln!(o, "sluice_requests_total{{outcome=\"{label}\"}} {n}");
     }
-    head(&mut o, "sluice_request_duration_seconds", "histogram", "Time from request head parsed to last response byte written.");
+    head(
+        &mut o,
+        "sluice_request_duration_seconds",
+        "histogram",
+        "Time from request head parsed to last response byte written.",
+    );
     let (buckets, sum, count) = m.duration_histogram();
     for (le, n) in buckets {
-        let _ = writeln!(o, "sluice_request_duration_seconds_bucket{{le=\"{le}\"}} {n}");
+        let _ = writeln!(
+            o,
+            "sluice_request_duration_seconds_bucket{{le=\"{le}\"}} {n}"
+        );
     }
-    let _ = writeln!(o, "sluice_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        o,
+        "sluice_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
     let _ = writeln!(o, "sluice_request_duration_seconds_sum {sum}");
     let _ = writeln!(o, "sluice_request_duration_seconds_count {count}");
     let b = shared.breaker_view();
     let simple: [(&str, &str, &str, f64); 10] = [
-        ("sluice_upstream_attempts_total", "counter", "Attempts sent to the upstream, retries included.", m.upstream_attempts.load(Relaxed) as f64),
-        ("sluice_retries_total", "counter", "Retry attempts (attempts after the first).", m.retry_attempts.load(Relaxed) as f64),
-        ("sluice_retried_requests_total", "counter", "Requests that needed at least one retry.", m.retried_requests.load(Relaxed) as f64),
-        ("sluice_inflight_requests", "gauge", "Requests held by a worker.", active(shared) as f64),
-        ("sluice_queue_depth", "gauge", "Requests waiting for a worker.", shared.queue_size() as f64),
-        ("sluice_queue_capacity", "gauge", "The queue's size limit (max_queue_size).", shared.queue_capacity as f64),
-        ("sluice_workers", "gauge", "Worker threads (max_concurrent_requests).", shared.workers as f64),
-        ("sluice_circuit_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.", f64::from(b.state.as_gauge())),
-        ("sluice_client_connections", "gauge", "Open client connections.", m.client_connections.load(Relaxed).max(0) as f64),
-        ("sluice_uptime_seconds", "gauge", "Seconds since start.", m.uptime().as_secs_f64()),
+        (
+            "sluice_upstream_attempts_total",
+            "counter",
+            "Attempts sent to the upstream, retries included.",
+            m.upstream_attempts.load(Relaxed) as f64,
+        ),
+        (
+            "sluice_retries_total",
+            "counter",
+            "Retry attempts (attempts after the first).",
+            m.retry_attempts.load(Relaxed) as f64,
+        ),
+        (
+            "sluice_retried_requests_total",
+            "counter",
+            "Requests that needed at least one retry.",
+            m.retried_requests.load(Relaxed) as f64,
+        ),
+        (
+            "sluice_inflight_requests",
+            "gauge",
+            "Requests held by a worker.",
+            active(shared) as f64,
+        ),
+        (
+            "sluice_queue_depth",
+            "gauge",
+            "Requests waiting for a worker.",
+            shared.queue_size() as f64,
+        ),
+        (
+            "sluice_queue_capacity",
+            "gauge",
+            "The queue's size limit (max_queue_size).",
+            shared.queue_capacity as f64,
+        ),
+        (
+            "sluice_workers",
+            "gauge",
+            "Worker threads (max_concurrent_requests).",
+            shared.workers as f64,
+        ),
+        (
+            "sluice_circuit_state",
+            "gauge",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            f64::from(b.state.as_gauge()),
+        ),
+        (
+            "sluice_client_connections",
+            "gauge",
+            "Open client connections.",
+            m.client_connections.load(Relaxed).max(0) as f64,
+        ),
+        (
+            "sluice_uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            m.uptime().as_secs_f64(),
+        ),
     ];
     for (name, kind, help, v) in simple {
         head(&mut o, name, kind, help);
         let _ = writeln!(o, "{name} {v}");
     }
-    head(&mut o, "sluice_circuit_transitions_total", "counter", "Circuit breaker state changes, by the state entered.");
+    head(
+        &mut o,
+        "sluice_circuit_transitions_total",
+        "counter",
+        "Circuit breaker state changes, by the state entered.",
+    );
     for (i, n) in shared.transitions().iter().enumerate() {
         let to = ["closed", "open", "half_open"][i];
         let _ = writeln!(o, "sluice_circuit_transitions_total{{to=\"{to}\"}} {n}");
     }
-    head(&mut o, "sluice_worker_panics_total", "counter", "Requests whose handling panicked (the worker survived).");
-    let _ = writeln!(o, "sluice_worker_panics_total {}", m.worker_panics.load(Relaxed));
+    head(
+        &mut o,
+        "sluice_worker_panics_total",
+        "counter",
+        "Requests whose handling panicked (the worker survived).",
+    );
+    let _ = writeln!(
+        o,
+        "sluice_worker_panics_total {}",
+        m.worker_panics.load(Relaxed)
+    );
     o
 }

@@ -119,7 +119,12 @@ impl Breaker {
             State::Open => {
                 let until = self.opened_at.map_or(now, |t| t + self.open_for);
                 if now < until {
-                    return (Admit::Reject { retry_after: until - now }, None);
+                    return (
+                        Admit::Reject {
+                            retry_after: until - now,
+                        },
+                        None,
+                    );
                 }
                 let t = self.go(State::HalfOpen, now);
                 self.probe_out = true;
@@ -155,7 +160,8 @@ impl Breaker {
             Verdict::Failure => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 let reopen = probe && self.state == State::HalfOpen;
-                let trip = self.state == State::Closed && self.consecutive_failures >= self.threshold;
+                let trip =
+                    self.state == State::Closed && self.consecutive_failures >= self.threshold;
                 if reopen || trip {
                     self.opened_at = Some(now);
                     self.times_opened += 1;
@@ -200,7 +206,13 @@ mod tests {
             b.record(now, Verdict::Failure, false);
         }
         let t = b.record(now, Verdict::Failure, false);
-        assert_eq!(t, Some(Transition { from: State::Closed, to: State::Open }));
+        assert_eq!(
+            t,
+            Some(Transition {
+                from: State::Closed,
+                to: State::Open
+            })
+        );
         assert_eq!(b.state(now), State::Open);
         assert_eq!(b.times_opened(), 1);
     }
@@ -221,7 +233,12 @@ mod tests {
         let mut b = Breaker::new(1, Duration::from_secs(60));
         b.record(now, Verdict::Failure, false);
         let later = now + Duration::from_secs(20);
-        assert_eq!(b.admit(later).0, Admit::Reject { retry_after: Duration::from_secs(40) });
+        assert_eq!(
+            b.admit(later).0,
+            Admit::Reject {
+                retry_after: Duration::from_secs(40)
+            }
+        );
     }
 
     #[test]
@@ -233,7 +250,13 @@ mod tests {
         assert_eq!(b.state(later), State::HalfOpen);
         let (a, t) = b.admit(later);
         assert_eq!(a, Admit::Probe);
-        assert_eq!(t, Some(Transition { from: State::Open, to: State::HalfOpen }));
+        assert_eq!(
+            t,
+            Some(Transition {
+                from: State::Open,
+                to: State::HalfOpen
+            })
+        );
         for _ in 0..5 {
             assert!(matches!(b.admit(later).0, Admit::Reject { .. }));
         }
@@ -246,11 +269,26 @@ mod tests {
         b.record(now, Verdict::Failure, false);
         let t1 = now + Duration::from_secs(10);
         assert_eq!(b.admit(t1).0, Admit::Probe);
-        assert_eq!(b.record(t1, Verdict::Failure, true), Some(Transition { from: State::HalfOpen, to: State::Open }));
-        assert!(matches!(b.admit(t1 + Duration::from_secs(9)).0, Admit::Reject { .. }));
+        assert_eq!(
+            b.record(t1, Verdict::Failure, true),
+            Some(Transition {
+                from: State::HalfOpen,
+                to: State::Open
+            })
+        );
+        assert!(matches!(
+            b.admit(t1 + Duration::from_secs(9)).0,
+            Admit::Reject { .. }
+        ));
         let t2 = t1 + Duration::from_secs(10);
         assert_eq!(b.admit(t2).0, Admit::Probe);
-        assert_eq!(b.record(t2, Verdict::Success, true), Some(Transition { from: State::HalfOpen, to: State::Closed }));
+        assert_eq!(
+            b.record(t2, Verdict::Success, true),
+            Some(Transition {
+                from: State::HalfOpen,
+                to: State::Closed
+            })
+        );
         assert_eq!(b.admit(t2).0, Admit::Pass);
         assert_eq!(b.consecutive_failures(), 0);
         assert_eq!(b.times_opened(), 2);
@@ -276,7 +314,9 @@ mod tests {
             .map(|_| {
                 let b = b.clone();
                 std::thread::spawn(move || {
-                    (0..100).filter(|_| b.lock().unwrap().admit(now).0 == Admit::Probe).count()
+                    (0..100)
+                        .filter(|_| b.lock().unwrap().admit(now).0 == Admit::Probe)
+                        .count()
                 })
             })
             .map(|h| h.join().unwrap())

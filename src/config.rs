@@ -256,9 +256,9 @@ fn seconds(key: &str, raw: &Raw, allow_zero: bool) -> Result<Duration, ConfigErr
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
-        && h
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
 }
 
 impl Config {
@@ -314,7 +314,9 @@ impl Config {
             "queue_timeout" => self.queue_timeout = seconds(key, raw, false)?,
             "connect_timeout" => self.connect_timeout = seconds(key, raw, false)?,
             "read_timeout" => self.read_timeout = seconds(key, raw, false)?,
-            "max_retries" => self.max_retries = int_in(key, raw, 0, 10, "a whole number 0-10")? as u32,
+            "max_retries" => {
+                self.max_retries = int_in(key, raw, 0, 10, "a whole number 0-10")? as u32
+            }
             "retry_backoff_factor" => match raw.as_f64() {
                 Some(f) if f.is_finite() && (0.0..=60.0).contains(&f) => {
                     self.retry_backoff_factor = f
@@ -332,7 +334,8 @@ impl Config {
             }
             "circuit_breaker_timeout" => self.circuit_breaker_timeout = seconds(key, raw, true)?,
             "pool_maxsize" => {
-                self.pool_maxsize = int_in(key, raw, 0, 100_000, "a whole number 0-100000")? as usize
+                self.pool_maxsize =
+                    int_in(key, raw, 0, 100_000, "a whole number 0-100000")? as usize
             }
             "pool_connections" => {
                 self.pool_connections =
@@ -345,14 +348,22 @@ impl Config {
             "client_header_timeout" => self.client_header_timeout = seconds(key, raw, false)?,
             "client_idle_timeout" => self.client_idle_timeout = seconds(key, raw, false)?,
             "max_header_bytes" => {
-                self.max_header_bytes =
-                    int_in(key, raw, 1024, 16 * 1024 * 1024, "a byte count 1024-16777216")?
-                        as usize
+                self.max_header_bytes = int_in(
+                    key,
+                    raw,
+                    1024,
+                    16 * 1024 * 1024,
+                    "a byte count 1024-16777216",
+                )? as usize
             }
             "max_body_bytes" => {
-                self.max_body_bytes =
-                    int_in(key, raw, 0, i64::MAX as i128, "a byte count >= 0 (0 = unlimited)")?
-                        as u64
+                self.max_body_bytes = int_in(
+                    key,
+                    raw,
+                    0,
+                    i64::MAX as i128,
+                    "a byte count >= 0 (0 = unlimited)",
+                )? as u64
             }
             "shutdown_grace" => self.shutdown_grace = seconds(key, raw, true)?,
             "log_level" => {
@@ -373,9 +384,9 @@ impl Config {
                 }
             }
             "access_log" => {
-                self.access_log = raw
-                    .as_bool()
-                    .ok_or_else(|| err(key, format!("expected true or false, got {}", raw.shown())))?
+                self.access_log = raw.as_bool().ok_or_else(|| {
+                    err(key, format!("expected true or false, got {}", raw.shown()))
+                })?
             }
             _ => return Err(err(key, "unknown setting")),
         }
@@ -400,7 +411,12 @@ impl Config {
         } else {
             self.target_host.clone()
         };
-        format!("{}://{}:{}", self.target_scheme.as_str(), host, self.target_port)
+        format!(
+            "{}://{}:{}",
+            self.target_scheme.as_str(),
+            host,
+            self.target_port
+        )
     }
 
     /// The effective settings as JSON, keyed as in the config file (durations in seconds).
@@ -462,7 +478,10 @@ impl Config {
             ));
         }
         if self.circuit_breaker_timeout.is_zero() {
-            w.push("circuit_breaker_timeout is 0: the breaker half-opens at once and protects nothing".into());
+            w.push(
+                "circuit_breaker_timeout is 0: the breaker half-opens at once and protects nothing"
+                    .into(),
+            );
         }
         w
     }
@@ -471,8 +490,10 @@ impl Config {
 /// Command-line flags. Values are kept as text and parsed by `Config::set`, the same parser the
 /// config file uses.
 #[derive(FromArgs, Debug, Default)]
-#[argh(description = "sluice: a small, fast, dependable HTTP reverse proxy for one upstream.
-Every setting is also a key of the --config JSON file (flag name with _ for -); flags override the file.")]
+#[argh(
+    description = "sluice: a small, fast, dependable HTTP reverse proxy for one upstream.
+Every setting is also a key of the --config JSON file (flag name with _ for -); flags override the file."
+)]
 pub struct Flags {
     /// JSON config file (e.g. proxy_config.json)
     #[argh(option)]
@@ -605,18 +626,25 @@ pub struct Loaded {
 
 /// Parses the text of a config file (a JSON object of known keys).
 pub fn parse_file_text(text: &str, into: &mut Config) -> Result<Vec<&'static str>, ConfigError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| err("", format!("config file is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| err("", format!("config file is not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
         return Err(err("", "config file must hold a JSON object of settings"));
     };
     apply_object(map, into)
 }
 
-fn apply_object(map: Map<String, Value>, into: &mut Config) -> Result<Vec<&'static str>, ConfigError> {
+fn apply_object(
+    map: Map<String, Value>,
+    into: &mut Config,
+) -> Result<Vec<&'static str>, ConfigError> {
     let mut seen = Vec::new();
     for (key, value) in map {
         let Some(known) = KEYS.iter().find(|k| **k == key) else {
-            return Err(err(&key, "unknown setting (see sluice --help for the list)"));
+            return Err(err(
+                &key,
+                "unknown setting (see sluice --help for the list)",
+            ));
         };
         into.set(known, &Raw::Json(value))?;
         seen.push(*known);
@@ -627,7 +655,8 @@ fn apply_object(map: Map<String, Value>, into: &mut Config) -> Result<Vec<&'stat
 /// Merges defaults, the file named by `--config` and the flags; validates the result.
 pub fn load(flags: &Flags) -> Result<Loaded, ConfigError> {
     let mut config = Config::default();
-    let mut sources: BTreeMap<&'static str, Source> = KEYS.iter().map(|k| (*k, Source::Default)).collect();
+    let mut sources: BTreeMap<&'static str, Source> =
+        KEYS.iter().map(|k| (*k, Source::Default)).collect();
     if let Some(path) = &flags.config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("config", format!("cannot read {path}: {e}")))?;
@@ -661,7 +690,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.json");
-        std::fs::write(&path, r#"{"target_host":"up","max_queue_size":7,"queue_timeout":2.5}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"target_host":"up","max_queue_size":7,"queue_timeout":2.5}"#,
+        )
+        .unwrap();
         let f = flags(&["--config", path.to_str().unwrap(), "--max-queue-size", "9"]);
         let l = load(&f).unwrap();
         assert_eq!(l.config.max_queue_size, 9);
@@ -722,13 +755,23 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.warnings().len(), 5);
-        assert!(Config { target_host: "x".into(), ..Config::default() }.warnings().is_empty());
+        assert!(Config {
+            target_host: "x".into(),
+            ..Config::default()
+        }
+        .warnings()
+        .is_empty());
     }
 
     #[test]
     fn every_key_round_trips_through_json() {
-        let c = Config { target_host: "up".into(), ..Config::default() };
-        let Value::Object(map) = c.to_json() else { panic!() };
+        let c = Config {
+            target_host: "up".into(),
+            ..Config::default()
+        };
+        let Value::Object(map) = c.to_json() else {
+            panic!()
+        };
         assert_eq!(map.len(), KEYS.len());
         let mut d = Config::default();
         apply_object(map, &mut d).unwrap();

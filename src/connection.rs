@@ -42,7 +42,9 @@ pub fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
         let head = match conn.read_head(deadlines) {
             Ok(head) => head,
             Err(ReadHeadError::Closed) => return,
-            Err(ReadHeadError::Timeout) => return refuse_head(shared, &mut conn, Reason::HeaderTimeout),
+            Err(ReadHeadError::Timeout) => {
+                return refuse_head(shared, &mut conn, Reason::HeaderTimeout)
+            }
             Err(ReadHeadError::Invalid(e)) => {
                 crate::debug!("client={peer} refused request head: {e:?}");
                 let reason = match e {
@@ -60,15 +62,32 @@ pub fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             }
             return;
         }
+        let _in_progress = shared.begin_request();
         let request_id = headers::request_id(&head);
         let body_done = head.framing == Framing::None;
         if shared.draining() || head.path == "*" {
             let fin = if head.path == "*" {
                 options_star(&mut conn, head.http10, head.keep_alive && body_done)
             } else {
-                forward::answer(&mut conn, &head, Reason::Draining, &request_id, None, body_done)
+                forward::answer(
+                    &mut conn,
+                    &head,
+                    Reason::Draining,
+                    &request_id,
+                    None,
+                    body_done,
+                )
             };
-            record(shared, &head.method, &head.target, &request_id, peer, started, Duration::ZERO, &fin);
+            record(
+                shared,
+                &head.method,
+                &head.target,
+                &request_id,
+                peer,
+                started,
+                Duration::ZERO,
+                &fin,
+            );
             if fin.keep_alive {
                 continue;
             }
@@ -119,7 +138,16 @@ pub fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             shared.metrics.record_queue_wait(waited);
         }
         let fin = forward::answer(&mut c, &head, reason, &request_id, None, body_done);
-        record(shared, &head.method, &head.target, &request_id, peer, started, waited, &fin);
+        record(
+            shared,
+            &head.method,
+            &head.target,
+            &request_id,
+            peer,
+            started,
+            waited,
+            &fin,
+        );
         if !fin.keep_alive {
             return;
         }
@@ -163,7 +191,16 @@ fn refuse_head(shared: &Shared, conn: &mut ClientConn, reason: Reason) {
         bytes_out: bytes.len() as u64,
         upstream_time: Duration::ZERO,
     };
-    record(shared, "-", "-", &request_id, conn.peer, Instant::now(), Duration::ZERO, &fin);
+    record(
+        shared,
+        "-",
+        "-",
+        &request_id,
+        conn.peer,
+        Instant::now(),
+        Duration::ZERO,
+        &fin,
+    );
 }
 
 /// `OPTIONS *` asks about the server itself: sluice answers it (it cannot be sent as a URI).
@@ -172,7 +209,10 @@ fn options_star(conn: &mut ClientConn, http10: bool, keep_alive: bool) -> Finish
         status: 200,
         content_type: "text/plain",
         body: b"",
-        extra: &[("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE")],
+        extra: &[(
+            "Allow",
+            "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE",
+        )],
         close: !keep_alive,
         http10,
         head_only: false,

@@ -97,7 +97,9 @@ pub fn answer(
     retry_after: Option<u64>,
     body_done: bool,
 ) -> Finished {
-    let keep = head.keep_alive && body_done && !matches!(reason, Reason::Draining | Reason::TooManyConnections);
+    let keep = head.keep_alive
+        && body_done
+        && !matches!(reason, Reason::Draining | Reason::TooManyConnections);
     let bytes = write::error_response(reason, request_id, retry_after, !keep, head.http10);
     let sent = conn.write_all(&bytes).is_ok();
     Finished {
@@ -115,10 +117,14 @@ pub fn classify(e: &ureq::Error) -> AttemptFailure {
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => AttemptFailure::Connect,
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) => AttemptFailure::Connect,
         ureq::Error::Io(io) => match io.kind() {
-            K::ConnectionRefused | K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable | K::NotFound => {
-                AttemptFailure::Connect
+            K::ConnectionRefused
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::AddrNotAvailable
+            | K::NotFound => AttemptFailure::Connect,
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                AttemptFailure::Reset
             }
-            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => AttemptFailure::Reset,
             K::TimedOut | K::WouldBlock => AttemptFailure::Timeout,
             _ if io.to_string().contains("lookup") => AttemptFailure::Connect,
             _ => AttemptFailure::Protocol,
@@ -133,7 +139,9 @@ pub fn reason_for(f: AttemptFailure) -> Reason {
         AttemptFailure::Connect => Reason::ConnectFailed,
         AttemptFailure::ConnectTimeout => Reason::ConnectTimeout,
         AttemptFailure::Timeout => Reason::UpstreamTimeout,
-        AttemptFailure::Reset | AttemptFailure::Protocol | AttemptFailure::Status(_) => Reason::UpstreamError,
+        AttemptFailure::Reset | AttemptFailure::Protocol | AttemptFailure::Status(_) => {
+            Reason::UpstreamError
+        }
     }
 }
 
@@ -146,14 +154,24 @@ fn with_body<B>(template: &http::Request<()>, body: B) -> http::Request<B> {
 }
 
 /// The upstream request without its body, or `None` if `http` refuses a part of it (400).
-fn upstream_request(base: &str, head: &RequestHead, conn: &ClientConn, request_id: &str) -> Option<http::Request<()>> {
+fn upstream_request(
+    base: &str,
+    head: &RequestHead,
+    conn: &ClientConn,
+    request_id: &str,
+) -> Option<http::Request<()>> {
     let method = http::Method::from_bytes(head.method.as_bytes()).ok()?;
-    let mut b = http::Request::builder().method(method).uri(format!("{base}{}", head.path));
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{}", head.path));
     for (name, value) in headers::upstream_request_headers(head, conn.peer.ip(), request_id) {
         b = b.header(name.as_str(), value.as_slice());
     }
     let has_length = head.header("content-length").is_some();
-    if head.framing == Framing::None && !has_length && matches!(head.method.as_str(), "POST" | "PUT" | "PATCH") {
+    if head.framing == Framing::None
+        && !has_length
+        && matches!(head.method.as_str(), "POST" | "PUT" | "PATCH")
+    {
         b = b.header("content-length", "0");
     }
     b.body(()).ok()
@@ -190,13 +208,14 @@ pub fn proxy(
     let idempotent = head.is_idempotent();
     let (mut reader, client) = conn.split();
     let expect_continue = head.expect_continue;
-    let mut body = RequestBody::new(&mut reader, head.framing, cfg.max_body_bytes).on_first_read(move || {
-        if expect_continue {
-            (&*client).write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-        } else {
-            Ok(())
-        }
-    });
+    let mut body =
+        RequestBody::new(&mut reader, head.framing, cfg.max_body_bytes).on_first_read(move || {
+            if expect_continue {
+                (&*client).write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            } else {
+                Ok(())
+            }
+        });
     let payload = match head.framing {
         Framing::None => Payload::Empty,
         Framing::Length(n) if idempotent && n <= retry::REPLAY_LIMIT => {
@@ -220,17 +239,24 @@ pub fn proxy(
     let mut upstream_time = Duration::ZERO;
     let result = loop {
         attempts += 1;
-        shared.metrics.upstream_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .metrics
+            .upstream_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = Instant::now();
         let res = match &payload {
             Payload::Empty => upstream.agent.run(with_body(&template, ())),
             Payload::Buffered(b) => upstream.agent.run(with_body(&template, b.as_slice())),
-            Payload::Streamed => upstream.agent.run(with_body(&template, SendBody::from_reader(&mut body))),
+            Payload::Streamed => upstream
+                .agent
+                .run(with_body(&template, SendBody::from_reader(&mut body))),
         };
         upstream_time += t.elapsed();
         let failure = match &res {
             _ if body.failure.is_some() => break Err(None),
-            Ok(r) if matches!(r.status().as_u16(), 502..=504) => AttemptFailure::Status(r.status().as_u16()),
+            Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+                AttemptFailure::Status(r.status().as_u16())
+            }
             Ok(_) => break res.map_err(|_| None),
             Err(e) => classify(e),
         };
@@ -240,7 +266,10 @@ pub fn proxy(
             && retry::may_retry(failure, idempotent, replayable, body.read > 0)
             && shared.breaker_closed();
         let delay = retry::backoff(cfg.retry_backoff_factor, retry_n, crate::rand::unit());
-        if !may || Instant::now() + delay >= deadline || !shared.budget.lock().withdraw(Instant::now()) {
+        if !may
+            || Instant::now() + delay >= deadline
+            || !shared.budget.lock().withdraw(Instant::now())
+        {
             break match res {
                 Ok(r) => Ok(r),
                 Err(_) => Err(Some(failure)),
@@ -253,8 +282,10 @@ pub fn proxy(
     let retries = attempts - 1;
     if retries > 0 {
         let m = &shared.metrics;
-        m.retried_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        m.retry_attempts.fetch_add(u64::from(retries), std::sync::atomic::Ordering::Relaxed);
+        m.retried_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.retry_attempts
+            .fetch_add(u64::from(retries), std::sync::atomic::Ordering::Relaxed);
     }
     let body_done = body.is_complete();
     let bytes_in = body.read;
@@ -262,7 +293,12 @@ pub fn proxy(
     drop(body);
     let mut fin = match result {
         Ok(resp) => relay(conn, head, request_id, resp, body_done, scratch),
-        Err(None) => client_body_failed(conn, head, request_id, body_failure.unwrap_or(BodyError::Truncated)),
+        Err(None) => client_body_failed(
+            conn,
+            head,
+            request_id,
+            body_failure.unwrap_or(BodyError::Truncated),
+        ),
         Err(Some(f)) => answer(conn, head, reason_for(f), request_id, None, body_done),
     };
     fin.attempts = attempts;
@@ -272,7 +308,12 @@ pub fn proxy(
 }
 
 /// The client's body broke: 400/413 if it can still be told, else the request is abandoned.
-fn client_body_failed(conn: &mut ClientConn, head: &RequestHead, request_id: &str, fail: BodyError) -> Finished {
+fn client_body_failed(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    request_id: &str,
+    fail: BodyError,
+) -> Finished {
     match fail {
         BodyError::Malformed(_) => answer(conn, head, Reason::BadRequest, request_id, None, false),
         BodyError::TooLarge => answer(conn, head, Reason::BodyTooLarge, request_id, None, false),
@@ -303,7 +344,12 @@ fn response_head(
     keep_alive: bool,
     request_id: &str,
 ) -> Vec<u8> {
-    let tokens = connection_tokens(headers.get_all(http::header::CONNECTION).iter().map(HeaderValue::as_bytes));
+    let tokens = connection_tokens(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     let mut out = Vec::with_capacity(512);
     write::status_line(&mut out, status, head.http10);
     let mut via: Vec<u8> = Vec::new();
@@ -314,7 +360,14 @@ fn response_head(
             write::header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    headers::append(&mut via, if head.http10 { b"1.0 sluice" } else { b"1.1 sluice" });
+    headers::append(
+        &mut via,
+        if head.http10 {
+            b"1.0 sluice"
+        } else {
+            b"1.1 sluice"
+        },
+    );
     write::header(&mut out, b"via", &via);
     if !headers.contains_key("x-request-id") {
         write::header(&mut out, b"x-request-id", request_id.as_bytes());
@@ -344,11 +397,25 @@ fn relay(
 ) -> Finished {
     let status = resp.status().as_u16();
     if status == 101 {
-        return answer(conn, head, Reason::UpstreamError, request_id, None, body_done);
+        return answer(
+            conn,
+            head,
+            Reason::UpstreamError,
+            request_id,
+            None,
+            body_done,
+        );
     }
     let framing = response_framing(head, status, resp.headers());
     let keep_alive = head.keep_alive && body_done && framing != BodyFraming::Close;
-    let mut out = response_head(head, status, resp.headers(), framing, keep_alive, request_id);
+    let mut out = response_head(
+        head,
+        status,
+        resp.headers(),
+        framing,
+        keep_alive,
+        request_id,
+    );
     let mut reader = resp.into_body().into_reader();
     let room = scratch.len() - CHUNK_PREFIX - CHUNK_SUFFIX;
     let mut fin = Finished::new(Outcome::Upstream(status), keep_alive);
@@ -377,7 +444,9 @@ fn relay(
         n = match read_piece(&mut reader, &mut scratch[CHUNK_PREFIX..CHUNK_PREFIX + room]) {
             Ok(n) => n,
             Err(e) => {
-                crate::debug!("request_id={request_id} upstream body failed after bytes were sent: {e}");
+                crate::debug!(
+                    "request_id={request_id} upstream body failed after bytes were sent: {e}"
+                );
                 fin.outcome = Outcome::Truncated;
                 fin.keep_alive = false;
                 return fin;
@@ -417,13 +486,31 @@ mod tests {
     #[test]
     fn classification_separates_nothing_sent_from_sent() {
         let io = |k| ureq::Error::Io(io::Error::from(k));
-        assert_eq!(classify(&io(io::ErrorKind::ConnectionRefused)), AttemptFailure::Connect);
-        assert_eq!(classify(&ureq::Error::Timeout(Timeout::Connect)), AttemptFailure::ConnectTimeout);
-        assert_eq!(classify(&io(io::ErrorKind::ConnectionReset)), AttemptFailure::Reset);
-        assert_eq!(classify(&io(io::ErrorKind::UnexpectedEof)), AttemptFailure::Reset);
-        assert_eq!(classify(&ureq::Error::Timeout(Timeout::RecvResponse)), AttemptFailure::Timeout);
+        assert_eq!(
+            classify(&io(io::ErrorKind::ConnectionRefused)),
+            AttemptFailure::Connect
+        );
+        assert_eq!(
+            classify(&ureq::Error::Timeout(Timeout::Connect)),
+            AttemptFailure::ConnectTimeout
+        );
+        assert_eq!(
+            classify(&io(io::ErrorKind::ConnectionReset)),
+            AttemptFailure::Reset
+        );
+        assert_eq!(
+            classify(&io(io::ErrorKind::UnexpectedEof)),
+            AttemptFailure::Reset
+        );
+        assert_eq!(
+            classify(&ureq::Error::Timeout(Timeout::RecvResponse)),
+            AttemptFailure::Timeout
+        );
         assert_eq!(reason_for(AttemptFailure::Connect), Reason::ConnectFailed);
         assert_eq!(reason_for(AttemptFailure::Timeout), Reason::UpstreamTimeout);
-        assert_eq!(reason_for(AttemptFailure::ConnectTimeout), Reason::ConnectTimeout);
+        assert_eq!(
+            reason_for(AttemptFailure::ConnectTimeout),
+            Reason::ConnectTimeout
+        );
     }
 }

@@ -112,7 +112,9 @@ pub struct Claim<'a, T> {
 
 impl<T> Claim<'_, T> {
     pub fn item(&mut self) -> &mut T {
-        self.item.as_mut().expect("a claim holds its item until finished")
+        self.item
+            .as_mut()
+            .expect("a claim holds its item until finished")
     }
 
     /// Hands the item back to the connection thread.
@@ -164,9 +166,15 @@ mod tests {
             Waited::Expired(item) => assert_eq!(item, "conn"),
             _ => panic!("expected Expired"),
         }
-        assert!(h.claim(7).is_none(), "the expired job must not be served late");
+        assert!(
+            h.claim(7).is_none(),
+            "the expired job must not be served late"
+        );
         h.put(8, "conn");
-        assert!(h.claim(7).is_none(), "an old job never claims a newer request");
+        assert!(
+            h.claim(7).is_none(),
+            "an old job never claims a newer request"
+        );
         assert!(h.claim(8).is_some());
     }
 

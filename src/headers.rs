@@ -29,7 +29,8 @@ pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<Stri
 
 /// True if a header with this (any-case) name crosses the proxy.
 pub fn is_end_to_end(name: &str, tokens: &[String]) -> bool {
-    !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) && !tokens.iter().any(|t| name.eq_ignore_ascii_case(t))
+    !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        && !tokens.iter().any(|t| name.eq_ignore_ascii_case(t))
 }
 
 /// A client's request id is kept if it is short printable ASCII; else sluice makes one.
@@ -48,7 +49,11 @@ pub fn new_request_id() -> String {
 
 /// The headers sent upstream: end-to-end headers as received (names and order kept), then one
 /// `X-Forwarded-For` (earlier hops + this client), one `Via`, and `X-Request-Id`.
-pub fn upstream_request_headers(head: &RequestHead, client: IpAddr, request_id: &str) -> Vec<(String, Vec<u8>)> {
+pub fn upstream_request_headers(
+    head: &RequestHead,
+    client: IpAddr,
+    request_id: &str,
+) -> Vec<(String, Vec<u8>)> {
     let tokens = connection_tokens(
         head.headers
             .iter()
@@ -78,7 +83,14 @@ pub fn upstream_request_headers(head: &RequestHead, client: IpAddr, request_id: 
         list.extend_from_slice(h.value.trim_ascii());
     }
     append(&mut xff, client.to_string().as_bytes());
-    append(&mut via, if head.http10 { b"1.0 sluice" } else { b"1.1 sluice" });
+    append(
+        &mut via,
+        if head.http10 {
+            b"1.0 sluice"
+        } else {
+            b"1.1 sluice"
+        },
+    );
     out.push(("x-forwarded-for".into(), xff));
     out.push(("via".into(), via));
     out.push(("x-request-id".into(), request_id.as_bytes().to_vec()));
@@ -107,7 +119,11 @@ mod tests {
     }
 
     fn value<'a>(h: &'a [(String, Vec<u8>)], name: &str) -> &'a str {
-        let v = &h.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).unwrap().1;
+        let v = &h
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .unwrap()
+            .1;
         std::str::from_utf8(v).unwrap()
     }
 
@@ -119,7 +135,14 @@ mod tests {
         );
         let out = upstream_request_headers(&h, "10.0.0.9".parse().unwrap(), "rid");
         let n = names(&out);
-        for gone in ["connection", "x-foo", "keep-alive", "te", "upgrade", "proxy-connection"] {
+        for gone in [
+            "connection",
+            "x-foo",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-connection",
+        ] {
             assert!(!n.contains(&gone.to_string()), "{gone} forwarded");
         }
         assert!(n.contains(&"x-keep".to_string()) && n.contains(&"host".to_string()));
@@ -131,16 +154,32 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nVia: 1.0 edge\r\n\r\n",
         );
         let out = upstream_request_headers(&h, "127.0.0.1".parse().unwrap(), "rid");
-        assert_eq!(value(&out, "x-forwarded-for"), "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        assert_eq!(
+            value(&out, "x-forwarded-for"),
+            "1.1.1.1, 2.2.2.2, 127.0.0.1"
+        );
         assert_eq!(value(&out, "via"), "1.0 edge, 1.1 sluice");
         assert_eq!(value(&out, "x-request-id"), "rid");
-        assert_eq!(names(&out).iter().filter(|n| *n == "x-forwarded-for").count(), 1);
+        assert_eq!(
+            names(&out)
+                .iter()
+                .filter(|n| *n == "x-forwarded-for")
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn client_request_id_is_kept_when_sane() {
-        assert_eq!(request_id(&head("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\n\r\n")), "abc-123");
-        let made = request_id(&head("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a b\r\n\r\n"));
+        assert_eq!(
+            request_id(&head(
+                "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\n\r\n"
+            )),
+            "abc-123"
+        );
+        let made = request_id(&head(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a b\r\n\r\n",
+        ));
         assert_eq!(made.len(), 16);
         assert!(is_end_to_end("Set-Cookie", &[]));
     }

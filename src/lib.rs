@@ -26,7 +26,6 @@ pub mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,11 +46,17 @@ pub fn start(config: Config) -> io::Result<Running> {
     let addr = (config.host.as_str(), config.port)
         .to_socket_addrs()?
         .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "listen address resolves to nothing"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "listen address resolves to nothing",
+            )
+        })?;
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
     log::set_level(config.log_level);
-    let capacity = admission::Admission::new(config.max_concurrent_requests, config.max_queue_size).capacity();
+    let capacity =
+        admission::Admission::new(config.max_concurrent_requests, config.max_queue_size).capacity();
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let shared = Arc::new(Shared::new(config, tx));
     let workers = worker::spawn(&shared, rx);
@@ -99,7 +104,7 @@ impl Running {
     pub fn wait_idle(&self, grace: Duration) -> bool {
         let until = Instant::now() + grace;
         loop {
-            let busy = self.shared.metrics.active_requests.load(Relaxed) > 0 || self.shared.queue_size() > 0;
+            let busy = self.shared.requests_in_progress() > 0;
             if !busy {
                 return true;
             }

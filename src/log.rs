@@ -23,7 +23,12 @@ pub fn log(level: LogLevel, args: std::fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let line = format!("{} {:5} {}\n", now_rfc3339(), level.as_str().to_uppercase(), args);
+    let line = format!(
+        "{} {:5} {}\n",
+        now_rfc3339(),
+        level.as_str().to_uppercase(),
+        args
+    );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
@@ -45,7 +50,9 @@ macro_rules! debug { ($($t:tt)*) => { $crate::log::log($crate::config::LogLevel:
 
 /// Current UTC time as `2026-11-25T20:17:58.123Z`.
 pub fn now_rfc3339() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(d.as_secs(), d.subsec_millis())
 }
 
@@ -80,7 +87,10 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(1_795_638_278, 123), "2026-11-25T20:24:38.123Z");
+        assert_eq!(
+            super::rfc3339(1_795_638_278, 123),
+            "2026-11-25T20:24:38.123Z"
+        );
         assert_eq!(super::rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
     }
 }

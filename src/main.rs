@@ -51,7 +51,11 @@ fn print_check(loaded: &Loaded) {
     let json = loaded.config.to_json();
     println!("config ok");
     for key in KEYS {
-        println!("  {key:<27} {:<24} ({})", json[*key].to_string(), loaded.sources[key].as_str());
+        println!(
+            "  {key:<27} {:<24} ({})",
+            json[*key].to_string(),
+            loaded.sources[key].as_str()
+        );
     }
     for w in loaded.config.warnings() {
         println!("warning: {w}");
@@ -96,10 +100,16 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
         match sig {
             SIGHUP => reload(&flags, &running),
             _ => {
-                info!("signal {sig}: draining (grace {}s); a second signal exits at once", grace.as_secs_f64());
+                info!(
+                    "signal {sig}: draining (grace {}s); a second signal exits at once",
+                    grace.as_secs_f64()
+                );
                 running.drain();
                 std::thread::spawn(move || {
-                    if let Some(again) = Signals::new([SIGTERM, SIGINT]).ok().and_then(|mut s| s.forever().next()) {
+                    if let Some(again) = Signals::new([SIGTERM, SIGINT])
+                        .ok()
+                        .and_then(|mut s| s.forever().next())
+                    {
                         warn!("signal {again} while draining: exiting now");
                         std::process::exit(1);
                     }
@@ -123,7 +133,10 @@ fn reload(flags: &Flags, running: &sluice::Running) {
             let fixed = running.shared().reconfigure(new);
             info!("SIGHUP: config reloaded");
             if !fixed.is_empty() {
-                warn!("SIGHUP: {} changed but need a restart; kept the running values", fixed.join(", "));
+                warn!(
+                    "SIGHUP: {} changed but need a restart; kept the running values",
+                    fixed.join(", ")
+                );
             }
         }
         Err(e) => error!("SIGHUP: config not reloaded, keeping the running one: {e}"),

@@ -80,7 +80,8 @@ pub const OUTCOME_LABELS: &[&str] = &[
 
 /// Upper bounds (seconds) of the Prometheus duration buckets.
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
 ];
 
 const RATE_WINDOW: usize = 60;
@@ -102,7 +103,11 @@ impl RateWindow {
     fn add(&self, sec: u64) {
         let i = (sec % RATE_WINDOW as u64) as usize;
         let old = self.seconds[i].load(Relaxed);
-        if old != sec && self.seconds[i].compare_exchange(old, sec, Relaxed, Relaxed).is_ok() {
+        if old != sec
+            && self.seconds[i]
+                .compare_exchange(old, sec, Relaxed, Relaxed)
+                .is_ok()
+        {
             self.counts[i].store(0, Relaxed);
         }
         self.counts[i].fetch_add(1, Relaxed);
@@ -301,8 +306,14 @@ mod tests {
         for _ in 0..5 {
             m.record(Outcome::Upstream(500), Duration::from_millis(10));
         }
-        m.record(Outcome::Sluice(Reason::QueueFull), Duration::from_micros(50));
-        m.record(Outcome::Sluice(Reason::BodyTooLarge), Duration::from_micros(50));
+        m.record(
+            Outcome::Sluice(Reason::QueueFull),
+            Duration::from_micros(50),
+        );
+        m.record(
+            Outcome::Sluice(Reason::BodyTooLarge),
+            Duration::from_micros(50),
+        );
         assert_eq!(m.total_requests(), 30);
         assert_eq!(m.successful_requests(), 24);
         assert_eq!(m.outcome("upstream_5xx"), 5);
@@ -310,7 +321,10 @@ mod tests {
         let (buckets, _, count) = m.duration_histogram();
         assert_eq!(count, 30);
         assert_eq!(buckets.last().unwrap().1, 30);
-        assert_eq!(buckets[0].1, 2, "the two 50 µs answers are in the 1 ms bucket");
+        assert_eq!(
+            buckets[0].1, 2,
+            "the two 50 µs answers are in the 1 ms bucket"
+        );
     }
 
     #[test]

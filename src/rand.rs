@@ -9,7 +9,10 @@ thread_local! {
 }
 
 fn seed() -> u64 {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
     let local = Cell::new(0u8);
     let addr = &local as *const Cell<u8> as u64;
     (t ^ addr.rotate_left(32)) | 1

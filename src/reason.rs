@@ -83,7 +83,9 @@ impl Reason {
             Reason::Draining => "sluice is shutting down",
             Reason::TooManyConnections => "too many client connections",
             Reason::ConnectFailed => "could not connect to the upstream",
-            Reason::UpstreamError => "the upstream closed or broke the connection, or sent a malformed response",
+            Reason::UpstreamError => {
+                "the upstream closed or broke the connection, or sent a malformed response"
+            }
             Reason::ConnectTimeout => "timed out connecting to the upstream",
             Reason::UpstreamTimeout => "timed out waiting for the upstream",
             Reason::BadRequest => "malformed request",

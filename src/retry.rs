@@ -30,7 +30,12 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 ///
 /// `idempotent`: the method is GET HEAD OPTIONS PUT DELETE TRACE. `replayable`: the body is
 /// empty or buffered. `body_started`: some of a streamed (unbuffered) body was already consumed.
-pub fn may_retry(failure: AttemptFailure, idempotent: bool, replayable: bool, body_started: bool) -> bool {
+pub fn may_retry(
+    failure: AttemptFailure,
+    idempotent: bool,
+    replayable: bool,
+    body_started: bool,
+) -> bool {
     match failure {
         AttemptFailure::Connect | AttemptFailure::ConnectTimeout => replayable || !body_started,
         AttemptFailure::Reset | AttemptFailure::Status(502..=504) => idempotent && replayable,
@@ -85,7 +90,8 @@ impl RetryBudget {
     pub fn withdraw(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
-        self.floor_tokens = (self.floor_tokens + elapsed * self.floor_per_sec).min(self.floor_per_sec);
+        self.floor_tokens =
+            (self.floor_tokens + elapsed * self.floor_per_sec).min(self.floor_per_sec);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -107,15 +113,24 @@ mod tests {
     fn nothing_sent_is_retryable_for_any_method() {
         assert!(may_retry(Connect, false, false, false));
         assert!(may_retry(ConnectTimeout, false, true, false));
-        assert!(!may_retry(Connect, false, false, true), "a streamed body already consumed cannot be replayed");
+        assert!(
+            !may_retry(Connect, false, false, true),
+            "a streamed body already consumed cannot be replayed"
+        );
     }
 
     #[test]
     fn after_sending_only_idempotent_replayable_requests_retry() {
         assert!(may_retry(Reset, true, true, false));
         assert!(may_retry(Status(503), true, true, false));
-        assert!(!may_retry(Reset, false, true, false), "POST after its request went out");
-        assert!(!may_retry(Reset, true, false, true), "PUT with a streamed body");
+        assert!(
+            !may_retry(Reset, false, true, false),
+            "POST after its request went out"
+        );
+        assert!(
+            !may_retry(Reset, true, false, true),
+            "PUT with a streamed body"
+        );
         assert!(!may_retry(Status(500), true, true, false));
         assert!(!may_retry(Timeout, true, true, false));
         assert!(!may_retry(Protocol, true, true, false));
@@ -131,7 +146,10 @@ mod tests {
             for j in [0.0, 0.3, 0.99] {
                 let d = backoff(0.5, n, j);
                 let full = 0.5 * 2f64.powi(n as i32 - 1);
-                assert!(d.as_secs_f64() >= (full / 2.0).min(10.0) - 1e-9 && d.as_secs_f64() <= full.min(10.0) + 1e-9);
+                assert!(
+                    d.as_secs_f64() >= (full / 2.0).min(10.0) - 1e-9
+                        && d.as_secs_f64() <= full.min(10.0) + 1e-9
+                );
             }
         }
         assert_eq!(backoff(4.0, 10, 1.0), MAX_BACKOFF);
@@ -149,9 +167,15 @@ mod tests {
                 allowed += 1;
             }
         }
-        assert_eq!(allowed, 205, "20 % of 1000 plus the floor of 5, all within one instant");
+        assert_eq!(
+            allowed, 205,
+            "20 % of 1000 plus the floor of 5, all within one instant"
+        );
         assert!(!b.withdraw(t));
-        assert!(b.withdraw(t + Duration::from_millis(200)), "the floor refills over time");
+        assert!(
+            b.withdraw(t + Duration::from_millis(200)),
+            "the floor refills over time"
+        );
         assert!(!b.withdraw(t + Duration::from_millis(200)));
     }
 

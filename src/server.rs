@@ -20,7 +20,10 @@ use crate::state::Shared;
 /// thousands of idle keep-alive connections stay cheap.
 const CONNECTION_STACK: usize = 128 * 1024;
 
-pub fn spawn_acceptor(shared: Arc<Shared>, listener: TcpListener) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn_acceptor(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sluice-acceptor".into())
         .spawn(move || accept_loop(&shared, &listener))
@@ -52,7 +55,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                     });
                 if let Err(e) = spawned {
                     shared.metrics.client_connections.fetch_sub(1, Relaxed);
-                    log_rarely(&mut last_error_log, &format!("cannot start a connection thread: {e}"));
+                    log_rarely(
+                        &mut last_error_log,
+                        &format!("cannot start a connection thread: {e}"),
+                    );
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
@@ -78,10 +84,19 @@ impl Drop for OpenConnection<'_> {
 /// Over the connection cap: a best-effort 503 without blocking the acceptor, then close.
 fn refuse(shared: &Shared, stream: TcpStream) {
     let started = Instant::now();
-    let bytes = write::error_response(Reason::TooManyConnections, &new_request_id(), None, true, false);
+    let bytes = write::error_response(
+        Reason::TooManyConnections,
+        &new_request_id(),
+        None,
+        true,
+        false,
+    );
     let _ = stream.set_nonblocking(true);
     let _ = (&stream).write_all(&bytes);
-    shared.metrics.record(Outcome::Sluice(Reason::TooManyConnections), started.elapsed());
+    shared.metrics.record(
+        Outcome::Sluice(Reason::TooManyConnections),
+        started.elapsed(),
+    );
 }
 
 fn log_rarely(last: &mut Option<Instant>, message: &str) {

@@ -1,7 +1,7 @@
 //! The state every thread shares: current settings (swappable on SIGHUP), the upstream client,
 //! the breaker, the retry budget, metrics, the queue's sending end and the lifecycle flags.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,9 @@ pub struct Shared {
     pub queue_capacity: usize,
     draining: AtomicBool,
     stopping: AtomicBool,
+    /// Proxied requests from head parsed to response written (queued, in a worker, or being
+    /// answered on their connection thread): what a graceful drain waits for.
+    in_progress: AtomicI64,
     /// Breaker transitions into closed, open, half-open.
     transitions: [AtomicU64; 3],
 }
@@ -38,7 +41,10 @@ impl Shared {
         let now = Instant::now();
         Shared {
             upstream: RwLock::new(Arc::new(Upstream::new(&config))),
-            breaker: Mutex::new(Breaker::new(config.circuit_breaker_threshold, config.circuit_breaker_timeout)),
+            breaker: Mutex::new(Breaker::new(
+                config.circuit_breaker_threshold,
+                config.circuit_breaker_timeout,
+            )),
             budget: Mutex::new(RetryBudget::standard(now)),
             admission: Admission::new(config.max_concurrent_requests, config.max_queue_size),
             workers: config.max_concurrent_requests,
@@ -48,6 +54,7 @@ impl Shared {
             queue,
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            in_progress: AtomicI64::new(0),
             transitions: Default::default(),
         }
     }
@@ -67,7 +74,10 @@ impl Shared {
         for (key, same) in [
             ("host", old.host == new.host),
             ("port", old.port == new.port),
-            ("max_concurrent_requests", old.max_concurrent_requests == new.max_concurrent_requests),
+            (
+                "max_concurrent_requests",
+                old.max_concurrent_requests == new.max_concurrent_requests,
+            ),
             ("max_queue_size", old.max_queue_size == new.max_queue_size),
         ] {
             if !same {
@@ -143,13 +153,25 @@ impl Shared {
             state: b.state(now),
             consecutive_failures: b.consecutive_failures(),
             times_opened: b.times_opened(),
-            since_transition: b.last_transition().map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            since_transition: b
+                .last_transition()
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
         }
     }
 
     /// Transitions into closed, open, half-open so far.
     pub fn transitions(&self) -> [u64; 3] {
         [0, 1, 2].map(|i| self.transitions[i].load(Relaxed))
+    }
+
+    /// Counts one request as in progress until the returned guard drops.
+    pub fn begin_request(&self) -> InProgress<'_> {
+        self.in_progress.fetch_add(1, Relaxed);
+        InProgress(self)
+    }
+
+    pub fn requests_in_progress(&self) -> i64 {
+        self.in_progress.load(Relaxed)
     }
 
     /// Requests waiting in the queue.
@@ -165,4 +187,13 @@ pub struct BreakerView {
     pub consecutive_failures: u32,
     pub times_opened: u64,
     pub since_transition: Option<f64>,
+}
+
+/// A request counted in `Shared::requests_in_progress`.
+pub struct InProgress<'a>(&'a Shared);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Relaxed);
+    }
 }

@@ -54,7 +54,10 @@ impl Received {
     }
 
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 }
 
@@ -123,7 +126,9 @@ impl TestUpstream {
 
     /// Every later request answers `status` (None: back to normal).
     pub fn set_fail(&self, status: Option<u16>) {
-        self.state.fail_status.store(status.map_or(0, u64::from), Relaxed);
+        self.state
+            .fail_status
+            .store(status.map_or(0, u64::from), Relaxed);
     }
 
     /// Every later request waits this long before its response.
@@ -165,7 +170,9 @@ fn serve(stream: TcpStream, state: &State) {
         max_head_bytes: 1 << 20,
     };
     while !state.stopped.load(Relaxed) {
-        let Ok(head) = conn.read_head(deadlines) else { return };
+        let Ok(head) = conn.read_head(deadlines) else {
+            return;
+        };
         state.requests.fetch_add(1, Relaxed);
         if !respond(&mut conn, &head, state).unwrap_or(false) {
             return;
@@ -186,7 +193,9 @@ fn params(target: &str) -> Vec<(String, String)> {
 }
 
 fn fnv(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
@@ -205,7 +214,11 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
     let mut received = Received {
         method: head.method.clone(),
         target: head.target.clone(),
-        headers: head.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+        headers: head
+            .headers
+            .iter()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect(),
         body_len: 0,
         body_hash: FNV_START,
         body_prefix: Vec::new(),
@@ -223,7 +236,9 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
                 Ok(n) => {
                     received.body_len += n as u64;
                     received.body_hash = fnv(received.body_hash, &buf[..n]);
-                    let room = (64 * 1024usize).saturating_sub(received.body_prefix.len()).min(n);
+                    let room = (64 * 1024usize)
+                        .saturating_sub(received.body_prefix.len())
+                        .min(n);
                     received.body_prefix.extend_from_slice(&buf[..room]);
                     if echo_body {
                         echoed.extend_from_slice(&buf[..n]);
@@ -262,7 +277,11 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         return Ok(false);
     }
     let fail = state.fail_status.load(Relaxed) as u16;
-    let status = if fail > 0 { fail } else { num("status").unwrap_or(200) as u16 };
+    let status = if fail > 0 {
+        fail
+    } else {
+        num("status").unwrap_or(200) as u16
+    };
     let body = if flag("echo") {
         let headers: Vec<_> = received
             .headers
@@ -289,7 +308,11 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
     };
     let bodiless = head.is_head() || status == 204 || status == 304 || status < 200;
     let mut out = Vec::with_capacity(256);
-    write!(out, "HTTP/1.1 {status} {}\r\n", crate::http::write::reason_phrase(status))?;
+    write!(
+        out,
+        "HTTP/1.1 {status} {}\r\n",
+        crate::http::write::reason_phrase(status)
+    )?;
     for (_, v) in p.iter().filter(|(k, _)| k == "header") {
         if let Some((name, value)) = v.split_once(':') {
             write!(out, "{name}: {value}\r\n")?;
@@ -377,7 +400,13 @@ impl Payload {
     }
 }
 
-fn control(conn: &mut ClientConn, head: &RequestHead, state: &State, status: Option<u64>, ms: Option<u64>) -> io::Result<bool> {
+fn control(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    state: &State,
+    status: Option<u64>,
+    ms: Option<u64>,
+) -> io::Result<bool> {
     let path = head.path.split('?').next().unwrap_or("");
     match path {
         "/__upstream/fail" => state.fail_status.store(status.unwrap_or(0), Relaxed),
@@ -416,7 +445,11 @@ fn hang(conn: &ClientConn) {
         match s.read(&mut buf) {
             Ok(0) => return,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }

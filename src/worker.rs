@@ -86,7 +86,11 @@ impl Drop for Active<'_> {
 }
 
 fn handle(shared: &Shared, job: Job, scratch: &mut [u8]) {
-    let Job { handoff, gen, ticket } = job;
+    let Job {
+        handoff,
+        gen,
+        ticket,
+    } = job;
     let Some(mut claim) = handoff.claim(gen) else {
         return; // the connection thread answered 503 queue_timeout already
     };
@@ -152,7 +156,10 @@ pub fn verdict(outcome: Outcome) -> Verdict {
         Outcome::Upstream(502..=504) | Outcome::Truncated => Verdict::Failure,
         Outcome::Upstream(_) => Verdict::Success,
         Outcome::Sluice(
-            Reason::ConnectFailed | Reason::ConnectTimeout | Reason::UpstreamTimeout | Reason::UpstreamError,
+            Reason::ConnectFailed
+            | Reason::ConnectTimeout
+            | Reason::UpstreamTimeout
+            | Reason::UpstreamError,
         ) => Verdict::Failure,
         Outcome::Sluice(_) | Outcome::ClientAbort => Verdict::Neutral,
     }
@@ -167,8 +174,14 @@ mod tests {
         assert_eq!(verdict(Outcome::Upstream(503)), Verdict::Failure);
         assert_eq!(verdict(Outcome::Upstream(500)), Verdict::Success);
         assert_eq!(verdict(Outcome::Upstream(404)), Verdict::Success);
-        assert_eq!(verdict(Outcome::Sluice(Reason::ConnectFailed)), Verdict::Failure);
-        assert_eq!(verdict(Outcome::Sluice(Reason::QueueFull)), Verdict::Neutral);
+        assert_eq!(
+            verdict(Outcome::Sluice(Reason::ConnectFailed)),
+            Verdict::Failure
+        );
+        assert_eq!(
+            verdict(Outcome::Sluice(Reason::QueueFull)),
+            Verdict::Neutral
+        );
         assert_eq!(verdict(Outcome::ClientAbort), Verdict::Neutral);
         assert_eq!(verdict(Outcome::Truncated), Verdict::Failure);
     }

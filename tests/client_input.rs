@@ -15,12 +15,22 @@ fn refused_without_reaching_upstream(raw: &[u8], status: u16, reason: &str) {
     let s = sluice(up.port(), |_| {});
     let mut c = Conn::open(s.addr());
     c.send(raw);
-    let r = c.response(false).unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
+    let r = c
+        .response(false)
+        .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
     r.assert_sluice_error(status, reason);
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(c.closed_within(Duration::from_secs(2)), "connection left open after a framing error");
+    assert!(
+        c.closed_within(Duration::from_secs(2)),
+        "connection left open after a framing error"
+    );
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(up.request_count(), 0, "upstream saw a request for {:?}", String::from_utf8_lossy(raw));
+    assert_eq!(
+        up.request_count(),
+        0,
+        "upstream saw a request for {:?}",
+        String::from_utf8_lossy(raw)
+    );
     assert_eq!(get(s.addr(), "/still-serving").status, 200);
 }
 
@@ -61,31 +71,55 @@ fn request_smuggling_shapes_are_refused() {
 
 #[test]
 fn malformed_chunked_bodies_never_reach_upstream_as_complete() {
-    for chunk in ["0x5\r\nhello\r\n0\r\n\r\n", "+5\r\nhello\r\n0\r\n\r\n", "5_\r\nhello\r\n0\r\n\r\n", " 5\r\nhello\r\n0\r\n\r\n",
-        "5\nhello\r\n0\r\n\r\n", "fffffffffffffffffff\r\nhello\r\n0\r\n\r\n", "5\r\nhelloXX0\r\n\r\n"]
-    {
+    for chunk in [
+        "0x5\r\nhello\r\n0\r\n\r\n",
+        "+5\r\nhello\r\n0\r\n\r\n",
+        "5_\r\nhello\r\n0\r\n\r\n",
+        " 5\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\r\n0\r\n\r\n",
+        "fffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+    ] {
         let up = upstream();
         let s = sluice(up.port(), |_| {});
         let mut c = Conn::open(s.addr());
-        c.send(format!("POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{SMUGGLE}").as_bytes());
+        c.send(
+            format!(
+                "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{SMUGGLE}"
+            )
+            .as_bytes(),
+        );
         if let Some(r) = c.response(false) {
             r.assert_sluice_error(400, "bad_request");
         }
         assert!(c.closed_within(Duration::from_secs(3)));
         std::thread::sleep(Duration::from_millis(50));
         let got = up.received();
-        assert!(got.iter().all(|r| r.target != "/smuggled"), "smuggled request reached upstream for {chunk:?}");
-        assert!(got.iter().all(|r| !r.body_complete), "a broken chunked body was forwarded as complete: {chunk:?}");
+        assert!(
+            got.iter().all(|r| r.target != "/smuggled"),
+            "smuggled request reached upstream for {chunk:?}"
+        );
+        assert!(
+            got.iter().all(|r| !r.body_complete),
+            "a broken chunked body was forwarded as complete: {chunk:?}"
+        );
         assert_eq!(get(s.addr(), "/still").status, 200);
     }
 }
 
 #[test]
 fn oversized_head_is_431_and_sluice_still_serves() {
-    let big = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "x".repeat(70_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(70_000)
+    );
     refused_without_reaching_upstream(big.as_bytes(), 431, "headers_too_large");
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    refused_without_reaching_upstream(format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(), 431, "headers_too_large");
+    refused_without_reaching_upstream(
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
+        431,
+        "headers_too_large",
+    );
 }
 
 #[test]
@@ -97,21 +131,28 @@ fn overlong_request_line_is_414() {
 #[test]
 fn incomplete_head_is_408_after_the_header_timeout() {
     let up = upstream();
-    let s = sluice(up.port(), |c| c.client_header_timeout = Duration::from_millis(500));
+    let s = sluice(up.port(), |c| {
+        c.client_header_timeout = Duration::from_millis(500)
+    });
     let mut c = Conn::open(s.addr());
     let t = Instant::now();
     c.send(b"GET / HTTP/1.1\r\nHost: t\r\n");
     let r = c.response(false).expect("408");
     r.assert_sluice_error(408, "header_timeout");
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert_eq!(up.request_count(), 0);
 }
 
 #[test]
 fn slow_loris_is_cut_at_the_header_timeout_while_others_are_served() {
     let up = upstream();
-    let s = sluice(up.port(), |c| c.client_header_timeout = Duration::from_secs(1));
+    let s = sluice(up.port(), |c| {
+        c.client_header_timeout = Duration::from_secs(1)
+    });
     let addr = s.addr();
     let lorises: Vec<_> = (0..50)
         .map(|_| {
@@ -133,10 +174,17 @@ fn slow_loris_is_cut_at_the_header_timeout_while_others_are_served() {
     for _ in 0..20 {
         assert_eq!(get(addr, "/fast").status, 200);
     }
-    assert!(t.elapsed() < Duration::from_secs(2), "normal clients were delayed: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "normal clients were delayed: {:?}",
+        t.elapsed()
+    );
     for l in lorises {
         let held = l.join().unwrap();
-        assert!(held < Duration::from_secs(4), "a slow client was held {held:?}");
+        assert!(
+            held < Duration::from_secs(4),
+            "a slow client was held {held:?}"
+        );
     }
     assert_eq!(up.received().iter().filter(|r| r.target == "/").count(), 0);
 }
@@ -144,7 +192,9 @@ fn slow_loris_is_cut_at_the_header_timeout_while_others_are_served() {
 #[test]
 fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let up = upstream();
-    let s = sluice(up.port(), |c| c.client_idle_timeout = Duration::from_millis(300));
+    let s = sluice(up.port(), |c| {
+        c.client_idle_timeout = Duration::from_millis(300)
+    });
     let mut c = Conn::open(s.addr());
     assert_eq!(c.get("/").status, 200);
     let t = Instant::now();
@@ -157,14 +207,22 @@ fn huge_declared_body_that_never_comes_leaves_sluice_serving() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
     let mut st = TcpStream::connect(s.addr()).unwrap();
-    st.write_all(b"POST /huge HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999\r\n\r\nab").unwrap();
+    st.write_all(b"POST /huge HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999\r\n\r\nab")
+        .unwrap();
     drop(st);
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..5 {
         assert_eq!(get(s.addr(), "/after").status, 200);
     }
-    let huge: Vec<_> = up.received().into_iter().filter(|r| r.target == "/huge").collect();
-    assert!(huge.iter().all(|r| !r.body_complete), "a cut-off body was forwarded as complete");
+    let huge: Vec<_> = up
+        .received()
+        .into_iter()
+        .filter(|r| r.target == "/huge")
+        .collect();
+    assert!(
+        huge.iter().all(|r| !r.body_complete),
+        "a cut-off body was forwarded as complete"
+    );
 }
 
 #[test]
@@ -174,7 +232,11 @@ fn body_over_the_limit_is_413() {
     let mut raw = b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n".to_vec();
     raw.extend_from_slice(&[b'x'; 1001]);
     send(s.addr(), &raw).assert_sluice_error(413, "body_too_large");
-    assert_eq!(up.request_count(), 0, "a declared oversize body is refused before forwarding");
+    assert_eq!(
+        up.request_count(),
+        0,
+        "a declared oversize body is refused before forwarding"
+    );
     let chunk = "a".repeat(600);
     let raw = format!("POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n");
     send(s.addr(), raw.as_bytes()).assert_sluice_error(413, "body_too_large");
@@ -189,12 +251,19 @@ fn client_abort_mid_upload_does_not_forward_a_complete_body() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
     let mut st = TcpStream::connect(s.addr()).unwrap();
-    st.write_all(b"POST /abort HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n").unwrap();
+    st.write_all(b"POST /abort HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n")
+        .unwrap();
     st.write_all(&vec![b'x'; 100_000]).unwrap();
     drop(st);
-    assert!(eventually(Duration::from_secs(5), || up.received().iter().any(|r| r.target == "/abort")));
+    assert!(eventually(Duration::from_secs(5), || up
+        .received()
+        .iter()
+        .any(|r| r.target == "/abort")));
     assert!(up.received().iter().all(|r| !r.body_complete));
-    assert!(eventually(Duration::from_secs(5), || s.metrics().outcome("client_abort") == 1));
+    assert!(eventually(Duration::from_secs(5), || s
+        .metrics()
+        .outcome("client_abort")
+        == 1));
     assert_eq!(get(s.addr(), "/after").status, 200);
 }
 
@@ -209,7 +278,11 @@ fn client_abort_mid_download_frees_the_worker() {
         std::io::Read::read(&mut c.r, &mut buf).unwrap();
         drop(c);
     }
-    assert_eq!(get(s.addr(), "/after").status, 200, "the one worker was freed each time");
+    assert_eq!(
+        get(s.addr(), "/after").status,
+        200,
+        "the one worker was freed each time"
+    );
 }
 
 #[test]
@@ -218,6 +291,13 @@ fn admin_paths_are_not_forwarded() {
     let s = sluice(up.port(), |_| {});
     assert_eq!(get(s.addr(), "/proxy-health").status, 200);
     assert_eq!(get(s.addr(), "/proxy-metrics?x=1").status, 200);
-    assert_eq!(send(s.addr(), b"POST /proxy-health HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").status, 405);
+    assert_eq!(
+        send(
+            s.addr(),
+            b"POST /proxy-health HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+        )
+        .status,
+        405
+    );
     assert_eq!(up.request_count(), 0);
 }

@@ -9,14 +9,25 @@ use sluice::test_upstream::pattern_byte;
 fn every_method_including_extension_methods_is_forwarded() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
-    for m in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND", "PURGE"] {
-        let r = send(s.addr(), format!("{m} /m?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    for m in [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND", "PURGE",
+    ] {
+        let r = send(
+            s.addr(),
+            format!("{m} /m?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
         assert_eq!(r.status, 200, "{m}");
     }
     let r = Conn::open(s.addr()).request(b"HEAD /m HTTP/1.1\r\nHost: t\r\n\r\n", true);
     assert_eq!(r.status, 200);
     let methods: Vec<String> = up.received().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(methods, ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND", "PURGE", "HEAD"]);
+    assert_eq!(
+        methods,
+        [
+            "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND", "PURGE",
+            "HEAD"
+        ]
+    );
 }
 
 #[test]
@@ -33,7 +44,11 @@ fn absolute_form_target_never_leaves_the_configured_upstream() {
     let up = upstream();
     let other = upstream();
     let s = sluice(up.port(), |_| {});
-    let raw = format!("GET http://127.0.0.1:{}/secret?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", other.port(), other.port());
+    let raw = format!(
+        "GET http://127.0.0.1:{}/secret?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        other.port(),
+        other.port()
+    );
     assert_eq!(send(s.addr(), raw.as_bytes()).status, 200);
     assert_eq!(other.request_count(), 0, "the URI's host got traffic");
     assert_eq!(up.received()[0].target, "/secret?x=1");
@@ -45,7 +60,8 @@ fn request_bodies_of_all_sizes_arrive_intact() {
     let s = sluice(up.port(), |_| {});
     for size in [0usize, 1024, 16 << 20] {
         let body: Vec<u8> = (0..size as u64).map(pattern_byte).collect();
-        let mut raw = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        let mut raw =
+            format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
         raw.extend_from_slice(&body);
         let r = send(s.addr(), &raw);
         assert_eq!(r.status, 200);
@@ -53,7 +69,10 @@ fn request_bodies_of_all_sizes_arrive_intact() {
         assert_eq!(got.body_len, size as u64);
         assert!(got.body_complete);
         assert_eq!(&got.body_prefix[..], &body[..size.min(64 * 1024)]);
-        assert_eq!(got.header("content-length").as_deref(), Some(size.to_string().as_str()));
+        assert_eq!(
+            got.header("content-length").as_deref(),
+            Some(size.to_string().as_str())
+        );
     }
 }
 
@@ -74,7 +93,10 @@ fn chunked_request_body_is_streamed_as_chunked() {
 fn bodiless_post_is_sent_with_content_length_zero() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
-    assert_eq!(send(s.addr(), b"POST /e HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    assert_eq!(
+        send(s.addr(), b"POST /e HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
     let got = &up.received()[0];
     assert_eq!(got.header("content-length").as_deref(), Some("0"));
     assert_eq!(got.header("transfer-encoding"), None);
@@ -86,13 +108,23 @@ fn response_bodies_of_all_sizes_stream_back() {
     let s = sluice(up.port(), |_| {});
     for size in [0u64, 1024, 16 << 20] {
         for chunked in [false, true] {
-            let r = get(s.addr(), &format!("/d?body_bytes={size}&chunked={}", u8::from(chunked)));
+            let r = get(
+                s.addr(),
+                &format!("/d?body_bytes={size}&chunked={}", u8::from(chunked)),
+            );
             assert_eq!(r.status, 200);
             assert!(r.complete);
             assert_eq!(r.body.len() as u64, size);
-            assert!(r.body.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
+            assert!(r
+                .body
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == pattern_byte(i as u64)));
             if chunked {
-                assert!(r.chunked, "unknown length goes chunked to an HTTP/1.1 client");
+                assert!(
+                    r.chunked,
+                    "unknown length goes chunked to an HTTP/1.1 client"
+                );
             } else {
                 assert_eq!(r.header("content-length"), Some(size.to_string().as_str()));
             }
@@ -113,14 +145,21 @@ fn head_204_and_304_have_no_body_and_the_connection_stays_usable() {
         assert!(r.body.is_empty());
     }
     let r = c.get("/after");
-    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "no stray body bytes were left on the connection");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "no stray body bytes were left on the connection"
+    );
 }
 
 #[test]
 fn redirects_and_errors_pass_through_unchanged() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
-    let r = get(s.addr(), "/r?status=301&header=Location:http://elsewhere.invalid/x");
+    let r = get(
+        s.addr(),
+        "/r?status=301&header=Location:http://elsewhere.invalid/x",
+    );
     assert_eq!(r.status, 301);
     assert_eq!(r.header("location"), Some("http://elsewhere.invalid/x"));
     assert_eq!(up.request_count(), 1, "3xx is not followed");
@@ -150,11 +189,22 @@ fn hop_by_hop_headers_are_stripped_both_ways() {
     let r = send(s.addr(), raw);
     assert_eq!(r.status, 200);
     let got = &up.received()[0];
-    for h in ["connection", "x-foo", "keep-alive", "te", "upgrade", "proxy-connection"] {
+    for h in [
+        "connection",
+        "x-foo",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+    ] {
         assert_eq!(got.header(h), None, "{h} reached the upstream");
     }
     assert_eq!(got.header("x-keep").as_deref(), Some("yes"));
-    assert_eq!(r.header("x-up-secret"), None, "a header the upstream's Connection named reached the client");
+    assert_eq!(
+        r.header("x-up-secret"),
+        None,
+        "a header the upstream's Connection named reached the client"
+    );
     assert_eq!(r.header("keep-alive"), None);
     assert_eq!(r.header("x-up-keep"), Some("1"));
 }
@@ -165,10 +215,17 @@ fn forwarded_for_via_and_request_id_are_added() {
     let s = sluice(up.port(), |_| {});
     let r = send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\nVia: 1.0 edge\r\nX-Request-Id: req-42\r\n\r\n");
     let got = &up.received()[0];
-    assert_eq!(got.header("x-forwarded-for").as_deref(), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(
+        got.header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.1")
+    );
     assert_eq!(got.header("via").as_deref(), Some("1.0 edge, 1.1 sluice"));
     assert_eq!(got.header("x-request-id").as_deref(), Some("req-42"));
-    assert_eq!(got.header("host").as_deref(), Some("t"), "the client's Host is forwarded");
+    assert_eq!(
+        got.header("host").as_deref(),
+        Some("t"),
+        "the client's Host is forwarded"
+    );
     assert_eq!(r.header("x-request-id"), Some("req-42"));
     assert_eq!(r.header("via"), Some("1.1 sluice"));
     let r = get(s.addr(), "/");
@@ -181,7 +238,11 @@ fn nothing_is_injected_into_the_upstream_request() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
     send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-    let names: Vec<String> = up.received()[0].headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
+    let names: Vec<String> = up.received()[0]
+        .headers
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
     assert_eq!(names, ["host", "x-forwarded-for", "via", "x-request-id"]);
 }
 
@@ -195,7 +256,12 @@ fn hundred_requests_on_one_keep_alive_connection() {
         assert_eq!((r.status, r.body.len()), (200, i));
     }
     assert_eq!(up.request_count(), 100);
-    assert_eq!(s.metrics().client_connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        s.metrics()
+            .client_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
@@ -208,7 +274,10 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(c.response(false).unwrap().json()["body_len"], 3);
     assert_eq!(c.response(false).unwrap().body, b"abc");
     let targets: Vec<String> = up.received().iter().map(|r| r.target.clone()).collect();
-    assert_eq!(targets, ["/p1?body_bytes=1", "/p2?echo=1", "/p3?body_bytes=3"]);
+    assert_eq!(
+        targets,
+        ["/p1?body_bytes=1", "/p2?echo=1", "/p3?body_bytes=3"]
+    );
 }
 
 #[test]
@@ -216,7 +285,10 @@ fn connection_close_is_honoured() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
     let mut c = Conn::open(s.addr());
-    let r = c.request(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", false);
+    let r = c.request(
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        false,
+    );
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed_within(std::time::Duration::from_secs(2)));
 }
@@ -231,10 +303,20 @@ fn http10_clients_get_http10_framing() {
     assert!(!r.chunked, "no chunked encoding to an HTTP/1.0 client");
     assert!(c.closed_within(std::time::Duration::from_secs(2)));
     let mut c = Conn::open(s.addr());
-    let r = c.request(b"GET /x?body_bytes=10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false);
+    let r = c.request(
+        b"GET /x?body_bytes=10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        false,
+    );
     assert_eq!(r.header("connection"), Some("keep-alive"));
-    assert_eq!(c.request(b"GET /y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false).text(), "ok");
-    assert_eq!(up.received()[0].header("via").as_deref(), Some("1.0 sluice"));
+    assert_eq!(
+        c.request(b"GET /y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false)
+            .text(),
+        "ok"
+    );
+    assert_eq!(
+        up.received()[0].header("via").as_deref(),
+        Some("1.0 sluice")
+    );
 }
 
 #[test]
@@ -252,7 +334,11 @@ fn expect_100_continue_is_answered_when_the_body_is_read() {
     assert_eq!(c.response(false).unwrap().status, 200);
     let got = &up.received()[0];
     assert_eq!(got.body_prefix, b"hello");
-    assert_eq!(got.header("expect"), None, "Expect is answered by sluice, not forwarded");
+    assert_eq!(
+        got.header("expect"),
+        None,
+        "Expect is answered by sluice, not forwarded"
+    );
 }
 
 #[test]
@@ -282,5 +368,9 @@ fn upstream_connections_are_reused() {
     for _ in 0..20 {
         assert_eq!(get(s.addr(), "/").status, 200);
     }
-    assert_eq!(up.connection_count(), 1, "one pooled connection served all 20 requests");
+    assert_eq!(
+        up.connection_count(),
+        1,
+        "one pooled connection served all 20 requests"
+    );
 }

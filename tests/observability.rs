@@ -32,7 +32,9 @@ fn scripted_mix() -> (sluice::Running, sluice::test_upstream::TestUpstream) {
     }
     let addr = s.addr();
     let slow = std::thread::spawn(move || get(addr, "/slow?delay_ms=700"));
-    assert!(eventually(Duration::from_secs(3), || metrics(addr)["active_requests"] == 1));
+    assert!(eventually(Duration::from_secs(3), || metrics(addr)
+        ["active_requests"]
+        == 1));
     for _ in 0..2 {
         get(addr, "/rejected").assert_sluice_error(503, "queue_full");
     }
@@ -78,13 +80,27 @@ fn every_counter_has_its_exact_value_after_a_scripted_mix() {
         assert_eq!(m[key], want, "metrics.{key}");
     }
     let rate = m["success_rate"].as_f64().unwrap();
-    assert!((rate - 24.0 * 100.0 / 36.0).abs() < 1e-9, "success_rate {rate}");
+    assert!(
+        (rate - 24.0 * 100.0 / 36.0).abs() < 1e-9,
+        "success_rate {rate}"
+    );
     assert_eq!(m["circuit_open"], true);
     assert_eq!(m["circuit_state"], "open");
-    for key in ["avg_response_time", "min_response_time", "max_response_time", "p50_response_time", "p95_response_time", "p99_response_time", "requests_per_second"] {
+    for key in [
+        "avg_response_time",
+        "min_response_time",
+        "max_response_time",
+        "p50_response_time",
+        "p95_response_time",
+        "p99_response_time",
+        "requests_per_second",
+    ] {
         assert!(m[key].is_number(), "metrics.{key} missing");
     }
-    assert!(m["max_response_time"].as_f64().unwrap() >= 0.7, "the 700 ms request is the max");
+    assert!(
+        m["max_response_time"].as_f64().unwrap() >= 0.7,
+        "the 700 ms request is the max"
+    );
     let h = get(s.addr(), "/proxy-health");
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["status"], "degraded");
@@ -104,7 +120,10 @@ fn percentiles_of_a_known_delay_distribution() {
     let m = metrics(s.addr());
     let near = |key: &str, want: f64| {
         let got = m[key].as_f64().unwrap();
-        assert!(got >= want * 0.99 && got <= want * 1.10 + 0.003, "{key}: {got} vs {want}");
+        assert!(
+            got >= want * 0.99 && got <= want * 1.10 + 0.003,
+            "{key}: {got} vs {want}"
+        );
     };
     near("p50_response_time", 0.050);
     near("p95_response_time", 0.100);
@@ -121,9 +140,18 @@ fn parse_prometheus(text: &str) -> Value {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 runs (test.sh installs prometheus_client)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "prometheus parser refused the text: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "prometheus parser refused the text: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -142,17 +170,56 @@ fn sample(fams: &Value, family: &str, name: &str, label: Option<(&str, &str)>) -
 fn prometheus_text_parses_and_agrees_with_the_json() {
     let (s, _up) = scripted_mix();
     let r = get(s.addr(), "/proxy-metrics/prometheus");
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let fams = parse_prometheus(&r.text());
     let m = metrics(s.addr());
     assert_eq!(fams["sluice_requests"]["type"], "counter");
-    let total: f64 = fams["sluice_requests"]["samples"].as_array().unwrap().iter().map(|s| s[2].as_f64().unwrap()).sum();
-    assert_eq!(total, m["total_requests"].as_f64().unwrap(), "admin requests are counted in neither");
-    for (outcome, json_key) in [("queue_full", "queue_rejected"), ("circuit_open", "circuit_rejected")] {
-        assert_eq!(sample(&fams, "sluice_requests", "sluice_requests_total", Some(("outcome", outcome))), m[json_key].as_f64().unwrap());
+    let total: f64 = fams["sluice_requests"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[2].as_f64().unwrap())
+        .sum();
+    assert_eq!(
+        total,
+        m["total_requests"].as_f64().unwrap(),
+        "admin requests are counted in neither"
+    );
+    for (outcome, json_key) in [
+        ("queue_full", "queue_rejected"),
+        ("circuit_open", "circuit_rejected"),
+    ] {
+        assert_eq!(
+            sample(
+                &fams,
+                "sluice_requests",
+                "sluice_requests_total",
+                Some(("outcome", outcome))
+            ),
+            m[json_key].as_f64().unwrap()
+        );
     }
-    assert_eq!(sample(&fams, "sluice_requests", "sluice_requests_total", Some(("outcome", "ok"))), 24.0);
-    assert_eq!(sample(&fams, "sluice_requests", "sluice_requests_total", Some(("outcome", "upstream_5xx"))), 8.0);
+    assert_eq!(
+        sample(
+            &fams,
+            "sluice_requests",
+            "sluice_requests_total",
+            Some(("outcome", "ok"))
+        ),
+        24.0
+    );
+    assert_eq!(
+        sample(
+            &fams,
+            "sluice_requests",
+            "sluice_requests_total",
+            Some(("outcome", "upstream_5xx"))
+        ),
+        8.0
+    );
 
     let hist = &fams["sluice_request_duration_seconds"];
     assert_eq!(hist["type"], "histogram");
@@ -161,21 +228,82 @@ fn prometheus_text_parses_and_agrees_with_the_json() {
         .unwrap()
         .iter()
         .filter(|s| s[0] == "sluice_request_duration_seconds_bucket")
-        .map(|s| (s[1]["le"].as_str().unwrap().parse::<f64>().unwrap(), s[2].as_f64().unwrap()))
+        .map(|s| {
+            (
+                s[1]["le"].as_str().unwrap().parse::<f64>().unwrap(),
+                s[2].as_f64().unwrap(),
+            )
+        })
         .collect();
-    assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "cumulative and ordered");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "cumulative and ordered"
+    );
     assert!(buckets.last().unwrap().0.is_infinite());
-    let count = sample(&fams, "sluice_request_duration_seconds", "sluice_request_duration_seconds_count", None);
+    let count = sample(
+        &fams,
+        "sluice_request_duration_seconds",
+        "sluice_request_duration_seconds_count",
+        None,
+    );
     assert_eq!(buckets.last().unwrap().1, count);
     assert_eq!(count, total);
-    assert!(sample(&fams, "sluice_request_duration_seconds", "sluice_request_duration_seconds_sum", None) >= 0.7);
+    assert!(
+        sample(
+            &fams,
+            "sluice_request_duration_seconds",
+            "sluice_request_duration_seconds_sum",
+            None
+        ) >= 0.7
+    );
 
-    assert_eq!(sample(&fams, "sluice_circuit_state", "sluice_circuit_state", None), 1.0);
-    assert_eq!(sample(&fams, "sluice_circuit_transitions", "sluice_circuit_transitions_total", Some(("to", "open"))), 1.0);
-    assert_eq!(sample(&fams, "sluice_queue_capacity", "sluice_queue_capacity", None), 0.0);
-    assert_eq!(sample(&fams, "sluice_inflight_requests", "sluice_inflight_requests", None), 0.0);
-    assert_eq!(sample(&fams, "sluice_upstream_attempts", "sluice_upstream_attempts_total", None), 32.0);
-    for fam in ["sluice_retries", "sluice_queue_depth", "sluice_client_connections"] {
+    assert_eq!(
+        sample(&fams, "sluice_circuit_state", "sluice_circuit_state", None),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &fams,
+            "sluice_circuit_transitions",
+            "sluice_circuit_transitions_total",
+            Some(("to", "open"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &fams,
+            "sluice_queue_capacity",
+            "sluice_queue_capacity",
+            None
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &fams,
+            "sluice_inflight_requests",
+            "sluice_inflight_requests",
+            None
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &fams,
+            "sluice_upstream_attempts",
+            "sluice_upstream_attempts_total",
+            None
+        ),
+        32.0
+    );
+    for fam in [
+        "sluice_retries",
+        "sluice_queue_depth",
+        "sluice_client_connections",
+    ] {
         assert!(fams.get(fam).is_some(), "{fam} missing");
     }
 }
@@ -189,13 +317,26 @@ fn admin_endpoints_answer_while_the_breaker_is_open_and_the_queue_is_full() {
     });
     let addr = s.addr();
     let slow = std::thread::spawn(move || get(addr, "/slow?delay_ms=600"));
-    assert!(eventually(Duration::from_secs(3), || metrics(addr)["active_requests"] == 1));
+    assert!(eventually(Duration::from_secs(3), || metrics(addr)
+        ["active_requests"]
+        == 1));
     get(addr, "/x").assert_sluice_error(503, "queue_full");
-    for path in ["/proxy-health", "/proxy-metrics", "/proxy-metrics/prometheus"] {
-        assert_eq!(get(addr, path).status, 200, "{path} while the queue is full");
+    for path in [
+        "/proxy-health",
+        "/proxy-metrics",
+        "/proxy-metrics/prometheus",
+    ] {
+        assert_eq!(
+            get(addr, path).status,
+            200,
+            "{path} while the queue is full"
+        );
     }
     let h = get(addr, "/proxy-health").json();
-    assert_eq!((h["active_requests"].as_u64(), h["queue_size"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (h["active_requests"].as_u64(), h["queue_size"].as_u64()),
+        (Some(1), Some(0))
+    );
     slow.join().unwrap();
 }
 
@@ -203,7 +344,17 @@ fn admin_endpoints_answer_while_the_breaker_is_open_and_the_queue_is_full() {
 fn access_log_has_one_json_line_per_request() {
     let up = upstream();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--host", "127.0.0.1", "--port", "0", "--target-host", "127.0.0.1", "--access-log", "--max-retries", "0"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--target-host",
+            "127.0.0.1",
+            "--access-log",
+            "--max-retries",
+            "0",
+        ])
         .args(["--target-port", &up.port().to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -212,20 +363,54 @@ fn access_log_has_one_json_line_per_request() {
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-    let addr: std::net::SocketAddr = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    send(addr, b"GET /a?status=404 HTTP/1.1\r\nHost: t\r\nX-Request-Id: log-1\r\n\r\n");
-    send(addr, b"POST /b?reset=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc");
+    let addr: std::net::SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    send(
+        addr,
+        b"GET /a?status=404 HTTP/1.1\r\nHost: t\r\nX-Request-Id: log-1\r\n\r\n",
+    );
+    send(
+        addr,
+        b"POST /b?reset=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+    );
     std::thread::sleep(Duration::from_millis(100));
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["request_id"], "log-1");
-    assert_eq!((lines[0]["status"].as_u64(), lines[0]["reason"].as_str()), (Some(404), Some("ok")));
-    assert_eq!((lines[0]["method"].as_str(), lines[0]["target"].as_str()), (Some("GET"), Some("/a?status=404")));
-    assert_eq!((lines[1]["status"].as_u64(), lines[1]["reason"].as_str()), (Some(502), Some("upstream_error")));
+    assert_eq!(
+        (lines[0]["status"].as_u64(), lines[0]["reason"].as_str()),
+        (Some(404), Some("ok"))
+    );
+    assert_eq!(
+        (lines[0]["method"].as_str(), lines[0]["target"].as_str()),
+        (Some("GET"), Some("/a?status=404"))
+    );
+    assert_eq!(
+        (lines[1]["status"].as_u64(), lines[1]["reason"].as_str()),
+        (Some(502), Some("upstream_error"))
+    );
     assert_eq!(lines[1]["bytes_in"], 3);
-    for key in ["time", "client", "attempts", "queue_wait", "upstream_time", "total_time", "bytes_out"] {
+    for key in [
+        "time",
+        "client",
+        "attempts",
+        "queue_wait",
+        "upstream_time",
+        "total_time",
+        "bytes_out",
+    ] {
         assert!(lines[0].get(key).is_some(), "{key} missing");
     }
 }

@@ -21,7 +21,9 @@ fn full_queue_answers_503_queue_full_at_once() {
         c.max_concurrent_requests = 2;
         c.max_queue_size = 2;
     });
-    let busy: Vec<_> = (0..4).map(|_| background_get(s.addr(), "/slow?delay_ms=1500")).collect();
+    let busy: Vec<_> = (0..4)
+        .map(|_| background_get(s.addr(), "/slow?delay_ms=1500"))
+        .collect();
     assert!(eventually(Duration::from_secs(3), || {
         let m = metrics(s.addr());
         m["active_requests"] == 2 && m["queue_size"] == 2
@@ -30,13 +32,27 @@ fn full_queue_answers_503_queue_full_at_once() {
     let r = get(s.addr(), "/one-too-many");
     let took = t.elapsed();
     r.assert_sluice_error(503, "queue_full");
-    assert!(took < Duration::from_millis(500), "queue_full took {took:?}");
+    assert!(
+        took < Duration::from_millis(500),
+        "queue_full took {took:?}"
+    );
     let m = metrics(s.addr());
     assert_eq!(m["queue_rejected"], 1);
-    assert_eq!(m["available_slots"].as_u64().unwrap() + m["active_requests"].as_u64().unwrap(), 2);
-    assert_eq!(get(s.addr(), "/proxy-health").status, 200, "admin answers while the queue is full");
+    assert_eq!(
+        m["available_slots"].as_u64().unwrap() + m["active_requests"].as_u64().unwrap(),
+        2
+    );
+    assert_eq!(
+        get(s.addr(), "/proxy-health").status,
+        200,
+        "admin answers while the queue is full"
+    );
     for h in busy {
-        assert_eq!(h.join().unwrap().status, 200, "queued requests are still served");
+        assert_eq!(
+            h.join().unwrap().status,
+            200,
+            "queued requests are still served"
+        );
     }
     assert!(up.received().iter().all(|r| r.target != "/one-too-many"));
 }
@@ -49,17 +65,29 @@ fn request_waiting_past_queue_timeout_gets_503_and_is_never_forwarded() {
         c.queue_timeout = Duration::from_millis(300);
     });
     let busy = background_get(s.addr(), "/slow?delay_ms=1500");
-    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())["active_requests"] == 1));
+    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())
+        ["active_requests"]
+        == 1));
     let t = Instant::now();
     let r = get(s.addr(), "/late");
     let took = t.elapsed();
     r.assert_sluice_error(503, "queue_timeout");
-    assert!(took >= Duration::from_millis(280) && took < Duration::from_millis(1200), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_millis(1200),
+        "{took:?}"
+    );
     assert_eq!(busy.join().unwrap().status, 200);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(up.received().iter().all(|r| r.target != "/late"), "an expired request was forwarded late");
+    assert!(
+        up.received().iter().all(|r| r.target != "/late"),
+        "an expired request was forwarded late"
+    );
     assert_eq!(metrics(s.addr())["queue_timeouts"], 1);
-    assert_eq!(get(s.addr(), "/after").status, 200, "the connection slot is reusable afterwards");
+    assert_eq!(
+        get(s.addr(), "/after").status,
+        200,
+        "the connection slot is reusable afterwards"
+    );
 }
 
 #[test]
@@ -70,11 +98,17 @@ fn keep_alive_connection_survives_a_queue_rejection() {
         c.max_queue_size = 0;
     });
     let busy = background_get(s.addr(), "/slow?delay_ms=800");
-    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())["active_requests"] == 1));
+    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())
+        ["active_requests"]
+        == 1));
     let mut c = Conn::open(s.addr());
     c.get("/rejected").assert_sluice_error(503, "queue_full");
     busy.join().unwrap();
-    assert_eq!(c.get("/again").status, 200, "a bodiless rejected request keeps its connection");
+    assert_eq!(
+        c.get("/again").status,
+        200,
+        "a bodiless rejected request keeps its connection"
+    );
 }
 
 #[test]
@@ -84,7 +118,9 @@ fn workers_bound_upstream_concurrency() {
         c.max_concurrent_requests = 3;
         c.max_queue_size = 50;
     });
-    let all: Vec<_> = (0..12).map(|_| background_get(s.addr(), "/w?delay_ms=200")).collect();
+    let all: Vec<_> = (0..12)
+        .map(|_| background_get(s.addr(), "/w?delay_ms=200"))
+        .collect();
     let mut peak = 0;
     for _ in 0..40 {
         let m = metrics(s.addr());

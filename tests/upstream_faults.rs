@@ -23,7 +23,10 @@ fn silent_upstream_is_504_after_the_read_timeout() {
     let t = Instant::now();
     get(s.addr(), "/?hang=1").assert_sluice_error(504, "upstream_timeout");
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(550) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert_eq!(up.request_count(), 1, "a read timeout is not retried");
     assert_eq!(metrics(s.addr())["timeout_requests"], 1);
 }
@@ -38,18 +41,29 @@ fn stalled_body_is_cut_after_the_read_timeout() {
     let took = t.elapsed();
     assert_eq!(r.status, 200);
     assert!(!r.complete, "a stalled body must end truncated");
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
 
 #[test]
 fn connect_timeout_is_504_connect_timeout() {
     // A listener whose backlog is full and never accepts: SYNs go unanswered.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     sock.listen(0).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let _fill: Vec<_> = (0..4)
-        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
         .collect();
     let s = sluice(addr.port(), |c| {
         c.connect_timeout = Duration::from_millis(400);
@@ -68,11 +82,16 @@ fn reset_mid_body_truncates_the_client_response() {
         let mut c = Conn::open(s.addr());
         let r = c.get(&format!("/?reset_mid_body=1&body_bytes=200000&{q}"));
         assert_eq!(r.status, 200, "the head went out before the failure");
-        assert!(!r.complete, "a mid-body failure must not look complete ({q})");
+        assert!(
+            !r.complete,
+            "a mid-body failure must not look complete ({q})"
+        );
         assert!(r.body.len() < 200_000);
         assert!(c.closed_within(Duration::from_secs(2)));
     }
-    assert!(eventually(Duration::from_secs(2), || metrics(s.addr())["outcomes"]["upstream_truncated"] == 2));
+    assert!(eventually(Duration::from_secs(2), || metrics(s.addr())
+        ["outcomes"]["upstream_truncated"]
+        == 2));
     assert_eq!(get(s.addr(), "/after").status, 200);
 }
 
@@ -109,6 +128,13 @@ fn close_delimited_upstream_body_is_reframed() {
     let mut c = Conn::open(s.addr());
     let r = c.get("/?no_length=1&body_bytes=5000");
     assert_eq!(r.body.len(), 5000);
-    assert!(r.chunked && r.complete, "an HTTP/1.1 client gets it chunked");
-    assert_eq!(c.get("/next").status, 200, "the client connection stays usable");
+    assert!(
+        r.chunked && r.complete,
+        "an HTTP/1.1 client gets it chunked"
+    );
+    assert_eq!(
+        c.get("/next").status,
+        200,
+        "the client connection stays usable"
+    );
 }

@@ -81,15 +81,26 @@ impl ChunkedDecoder {
                 Chunk::Size => {
                     read_line(src, &mut self.line, MAX_CHUNK_LINE)?;
                     let size = parse_chunk_size(&self.line)?;
-                    self.state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                    self.state = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
                 }
                 Chunk::Data(left) => {
                     let avail = fill(src)?;
-                    let n = avail.len().min(out.len()).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = avail
+                        .len()
+                        .min(out.len())
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
                     out[..n].copy_from_slice(&avail[..n]);
                     src.consume(n);
                     let left = left - n as u64;
-                    self.state = if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) };
+                    self.state = if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    };
                     return Ok(n);
                 }
                 Chunk::DataEnd => {
@@ -158,13 +169,16 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     }
     let rest = &body[digits..];
     let ext_ok = rest.is_empty()
-        || (rest[0] == b';' && rest.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80));
+        || (rest[0] == b';'
+            && rest
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80));
     if !ext_ok {
         return Err(BodyError::Malformed("invalid chunk size"));
     }
-    Ok(body[..digits]
-        .iter()
-        .fold(0u64, |n, &d| n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0))))
+    Ok(body[..digits].iter().fold(0u64, |n, &d| {
+        n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0))
+    }))
 }
 
 enum Mode {
@@ -317,7 +331,10 @@ mod tests {
         drop(body);
         let mut rest = String::new();
         src.read_to_string(&mut rest).unwrap();
-        assert_eq!(rest, "NEXT", "the decoder must stop exactly at the end of the body");
+        assert_eq!(
+            rest, "NEXT",
+            "the decoder must stop exactly at the end of the body"
+        );
     }
 
     #[test]
@@ -334,7 +351,10 @@ mod tests {
             b"\r\n",
             b"5\r\nhello\r\n0\r\nbad-trailer\n",
         ] {
-            assert!(matches!(decode(raw), Err(BodyError::Malformed(_))), "accepted {raw:?}");
+            assert!(
+                matches!(decode(raw), Err(BodyError::Malformed(_))),
+                "accepted {raw:?}"
+            );
         }
     }
 

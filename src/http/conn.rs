@@ -120,11 +120,15 @@ impl ClientConn {
                 Some(t) => t + d.whole_head,
                 None => started + d.first_byte,
             };
-            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|l| !l.is_zero())
+            else {
                 return Err(timed_out(head_started.is_some()));
             };
             if rb.end == rb.buf.len() {
-                let grown = (rb.buf.len() * 2).clamp(INITIAL_BUFFER, d.max_head_bytes + INITIAL_BUFFER);
+                let grown =
+                    (rb.buf.len() * 2).clamp(INITIAL_BUFFER, d.max_head_bytes + INITIAL_BUFFER);
                 if grown <= rb.buf.len() {
                     return Err(ReadHeadError::Invalid(HeadError::TooLarge));
                 }
@@ -138,7 +142,12 @@ impl ClientConn {
                     head_started.get_or_insert_with(Instant::now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(timed_out(head_started.is_some()));
                 }
                 Err(_) => return Err(ReadHeadError::Closed),

@@ -113,13 +113,21 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
     build(method, target, http10, headers).map(|head| Some((head, len)))
 }
 
-fn build(method: String, target: String, http10: bool, headers: Vec<Header>) -> Result<RequestHead, HeadError> {
+fn build(
+    method: String,
+    target: String,
+    http10: bool,
+    headers: Vec<Header>,
+) -> Result<RequestHead, HeadError> {
     if method == "CONNECT" {
         return Err(HeadError::Bad("CONNECT is not supported"));
     }
     let path = origin_path(&method, &target)?;
     let framing = framing(&headers, http10)?;
-    let hosts = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count();
+    let hosts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
     if hosts > 1 || (hosts == 0 && !http10) {
         return Err(HeadError::Bad("exactly one Host header is required"));
     }
@@ -130,10 +138,15 @@ fn build(method: String, target: String, http10: bool, headers: Vec<Header>) -> 
             .flat_map(|h| h.value.split(|&b| b == b','))
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     };
-    let keep_alive = if http10 { conn("keep-alive") } else { !conn("close") };
+    let keep_alive = if http10 {
+        conn("keep-alive")
+    } else {
+        !conn("close")
+    };
     let expect_continue = !http10
         && headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("expect") && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+            h.name.eq_ignore_ascii_case("expect")
+                && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
         });
     Ok(RequestHead {
         method,
@@ -166,7 +179,9 @@ fn origin_path(method: &str, target: &str) -> Result<String, HeadError> {
     } else if lower.starts_with("https://") {
         &target[8..]
     } else {
-        return Err(HeadError::Bad("request target is not origin-form or absolute-form"));
+        return Err(HeadError::Bad(
+            "request target is not origin-form or absolute-form",
+        ));
     };
     match rest.find(['/', '?']) {
         _ if rest.is_empty() => Err(HeadError::Bad("absolute-form target without a host")),
@@ -192,12 +207,16 @@ fn framing(headers: &[Header], http10: bool) -> Result<Framing, HeadError> {
             if cl.is_some() {
                 return Err(HeadError::Bad("more than one Content-Length header"));
             }
-            cl = Some(parse_content_length(&h.value).ok_or(HeadError::Bad("invalid Content-Length"))?);
+            cl = Some(
+                parse_content_length(&h.value).ok_or(HeadError::Bad("invalid Content-Length"))?,
+            );
         }
     }
     match (te, cl) {
         (Some(_), Some(_)) => Err(HeadError::Bad("both Transfer-Encoding and Content-Length")),
-        (Some(_), None) if http10 => Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request")),
+        (Some(_), None) if http10 => {
+            Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"))
+        }
         (Some(v), None) if v.trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
         (Some(_), None) => Err(HeadError::Bad("unsupported Transfer-Encoding")),
         (None, Some(0)) | (None, None) => Ok(Framing::None),
@@ -211,7 +230,9 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -237,7 +258,10 @@ mod tests {
 
     #[test]
     fn partial_head_asks_for_more_and_reports_consumed_length() {
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: h\r\n", 65536), Ok(None));
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: h\r\n", 65536),
+            Ok(None)
+        );
         let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /next";
         let (_, len) = parse_head(raw, 65536).unwrap().unwrap();
         assert_eq!(&raw[len..], b"GET /next");
@@ -252,17 +276,38 @@ mod tests {
 
     #[test]
     fn absolute_form_keeps_only_path_and_query() {
-        assert_eq!(ok("GET http://evil.example:9/p?q=1 HTTP/1.1\r\nHost: h\r\n\r\n").path, "/p?q=1");
-        assert_eq!(ok("GET HTTPS://evil.example HTTP/1.1\r\nHost: h\r\n\r\n").path, "/");
-        assert_eq!(ok("GET http://evil?q HTTP/1.1\r\nHost: h\r\n\r\n").path, "/?q");
-        assert_eq!(bad("GET http:/// HTTP/1.1\r\nHost: h\r\n\r\n"), HeadError::Bad("absolute-form target without a host"));
-        assert!(matches!(bad("GET ftp://x/ HTTP/1.1\r\nHost: h\r\n\r\n"), HeadError::Bad(_)));
+        assert_eq!(
+            ok("GET http://evil.example:9/p?q=1 HTTP/1.1\r\nHost: h\r\n\r\n").path,
+            "/p?q=1"
+        );
+        assert_eq!(
+            ok("GET HTTPS://evil.example HTTP/1.1\r\nHost: h\r\n\r\n").path,
+            "/"
+        );
+        assert_eq!(
+            ok("GET http://evil?q HTTP/1.1\r\nHost: h\r\n\r\n").path,
+            "/?q"
+        );
+        assert_eq!(
+            bad("GET http:/// HTTP/1.1\r\nHost: h\r\n\r\n"),
+            HeadError::Bad("absolute-form target without a host")
+        );
+        assert!(matches!(
+            bad("GET ftp://x/ HTTP/1.1\r\nHost: h\r\n\r\n"),
+            HeadError::Bad(_)
+        ));
     }
 
     #[test]
     fn connect_and_star_are_refused_except_options_star() {
-        assert!(matches!(bad("CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n"), HeadError::Bad(_)));
-        assert!(matches!(bad("GET * HTTP/1.1\r\nHost: h\r\n\r\n"), HeadError::Bad(_)));
+        assert!(matches!(
+            bad("CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n"),
+            HeadError::Bad(_)
+        ));
+        assert!(matches!(
+            bad("GET * HTTP/1.1\r\nHost: h\r\n\r\n"),
+            HeadError::Bad(_)
+        ));
         assert_eq!(ok("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").path, "*");
     }
 
@@ -316,19 +361,37 @@ mod tests {
 
     #[test]
     fn limits_map_to_414_and_431() {
-        let long = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: h\r\n\r\n",
+            "a".repeat(MAX_REQUEST_LINE)
+        );
         assert_eq!(bad(&long), HeadError::UriTooLong);
         let partial_long = format!("GET /{}", "a".repeat(MAX_REQUEST_LINE + 10));
-        assert_eq!(parse_head(partial_long.as_bytes(), 65536), Err(HeadError::UriTooLong));
-        let big = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n", "b".repeat(2000));
+        assert_eq!(
+            parse_head(partial_long.as_bytes(), 65536),
+            Err(HeadError::UriTooLong)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(2000)
+        );
         assert_eq!(parse_head(big.as_bytes(), 1024), Err(HeadError::TooLarge));
         let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(bad(&format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n")), HeadError::TooLarge);
+        assert_eq!(
+            bad(&format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n")),
+            HeadError::TooLarge
+        );
     }
 
     #[test]
     fn expect_continue_is_noticed_for_http11_only() {
-        assert!(ok("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").expect_continue);
-        assert!(!ok("PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expect_continue);
+        assert!(
+            ok("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+        assert!(
+            !ok("PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
     }
 }

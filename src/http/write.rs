@@ -163,13 +163,20 @@ pub const CHUNK_SUFFIX: usize = 2;
 
 /// Writes `buf[CHUNK_PREFIX..CHUNK_PREFIX + n]` as one body piece in one write call, framing
 /// it as a chunk when needed. `buf` must have `CHUNK_SUFFIX` bytes of room after the data.
-pub fn write_piece(w: &mut dyn Write, framing: BodyFraming, buf: &mut [u8], n: usize) -> io::Result<()> {
+pub fn write_piece(
+    w: &mut dyn Write,
+    framing: BodyFraming,
+    buf: &mut [u8],
+    n: usize,
+) -> io::Result<()> {
     if n == 0 {
         return Ok(());
     }
     match framing {
         BodyFraming::None => Ok(()),
-        BodyFraming::Length | BodyFraming::Close => w.write_all(&buf[CHUNK_PREFIX..CHUNK_PREFIX + n]),
+        BodyFraming::Length | BodyFraming::Close => {
+            w.write_all(&buf[CHUNK_PREFIX..CHUNK_PREFIX + n])
+        }
         BodyFraming::Chunked => {
             let size = format_hex(n);
             let start = CHUNK_PREFIX - size.len() - 2;
@@ -214,7 +221,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"], "queue_full");
         assert_eq!(v["request_id"], "abc");
-        let text = String::from_utf8(error_response(Reason::UpstreamTimeout, "", None, true, true)).unwrap();
+        let text = String::from_utf8(error_response(
+            Reason::UpstreamTimeout,
+            "",
+            None,
+            true,
+            true,
+        ))
+        .unwrap();
         assert!(text.starts_with("HTTP/1.0 504 Gateway Timeout\r\n"));
         assert!(!text.contains("Retry-After"));
         assert!(text.contains("Connection: close\r\n"));

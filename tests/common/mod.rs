@@ -73,7 +73,8 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn text(&self) -> String {
@@ -88,7 +89,10 @@ impl Resp {
         assert_eq!(v["error"], reason);
         assert!(v["request_id"].as_str().is_some_and(|s| !s.is_empty()));
         if status == 503 {
-            assert!(self.header("retry-after").is_some(), "503 without Retry-After");
+            assert!(
+                self.header("retry-after").is_some(),
+                "503 without Retry-After"
+            );
         }
     }
 }
@@ -102,7 +106,9 @@ impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
         let s = TcpStream::connect(addr).expect("connect to sluice");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Conn { r: BufReader::new(s) }
+        Conn {
+            r: BufReader::new(s),
+        }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -116,7 +122,10 @@ impl Conn {
     }
 
     pub fn get(&mut self, path: &str) -> Resp {
-        self.request(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(), false)
+        self.request(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+            false,
+        )
     }
 
     /// Reads one response; None if the connection closed before a status line.
@@ -143,7 +152,12 @@ impl Conn {
         let headers: Vec<(String, String)> = r
             .headers
             .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
         let mut resp = Resp {
             status,
@@ -156,11 +170,20 @@ impl Conn {
         if head || status == 204 || status == 304 || status < 200 {
             return Some(resp);
         }
-        if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             resp.chunked = true;
             resp.complete = self.read_chunked(&mut resp.body);
-        } else if let Some(cl) = resp.header("content-length").map(|v| v.parse::<u64>().unwrap()) {
-            let got = (&mut self.r).take(cl).read_to_end(&mut resp.body).unwrap_or(0);
+        } else if let Some(cl) = resp
+            .header("content-length")
+            .map(|v| v.parse::<u64>().unwrap())
+        {
+            let got = (&mut self.r)
+                .take(cl)
+                .read_to_end(&mut resp.body)
+                .unwrap_or(0);
             resp.complete = got as u64 == cl;
         } else {
             let _ = self.r.read_to_end(&mut resp.body);
@@ -174,7 +197,9 @@ impl Conn {
             if self.r.read_line(&mut line).unwrap_or(0) == 0 {
                 return false;
             }
-            let Ok(size) = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16) else {
+            let Ok(size) =
+                usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
+            else {
                 return false;
             };
             if size == 0 {
@@ -199,7 +224,8 @@ impl Conn {
     pub fn closed_within(&mut self, wait: Duration) -> bool {
         self.r.get_ref().set_read_timeout(Some(wait)).unwrap();
         let mut b = [0u8; 1];
-        matches!(self.r.read(&mut b), Ok(0)) || matches!(self.r.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        matches!(self.r.read(&mut b), Ok(0))
+            || matches!(self.r.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 }
 
@@ -244,7 +270,11 @@ impl Proc {
     }
 
     pub fn start_with(cmd: &mut Command) -> Proc {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn sluice");
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
         let err = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -264,7 +294,11 @@ impl Proc {
             .unwrap_or_else(|_| panic!("sluice did not start: {}", log.lock()))
             .parse()
             .expect("listen address");
-        Proc { child, addr, stderr: log }
+        Proc {
+            child,
+            addr,
+            stderr: log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -281,7 +315,10 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
     }
 
     /// Waits for exit up to `within`; the exit code if it exited.
