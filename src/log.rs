@@ -20,9 +20,13 @@ pub fn enabled(level: LogLevel) -> bool {
 
 /// Writes one log line to stderr if `level` is enabled.
 pub fn log(level: LogLevel, args: std::fmt::Arguments<'_>) {
-    if !enabled(level) {
-        return;
+    if enabled(level) {
+        always(level, args);
     }
+}
+
+/// Writes one lifecycle line (listening, draining, exit) whatever the level.
+pub fn always(level: LogLevel, args: std::fmt::Arguments<'_>) {
     let line = format!(
         "{} {:5} {}\n",
         now_rfc3339(),

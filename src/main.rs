@@ -79,8 +79,10 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    info!(
-        "sluice {} listening on {} -> {} (workers={} queue={} queue_timeout={}s connect_timeout={}s read_timeout={}s retries={} breaker={}/{}s)",
+    sluice::log::always(
+        sluice::config::LogLevel::Info,
+        format_args!(
+            "sluice {} listening on {} -> {} (workers={} queue={} queue_timeout={}s connect_timeout={}s read_timeout={}s retries={} breaker={}/{}s)",
         env!("CARGO_PKG_VERSION"),
         running.addr(),
         cfg.target_base(),
@@ -91,7 +93,8 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
         cfg.read_timeout.as_secs_f64(),
         cfg.max_retries,
         cfg.circuit_breaker_threshold,
-        cfg.circuit_breaker_timeout.as_secs_f64(),
+            cfg.circuit_breaker_timeout.as_secs_f64(),
+        ),
     );
     for w in cfg.warnings() {
         warn!("{w}");
@@ -119,7 +122,10 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
                     warn!("grace period over with requests still in flight; exiting");
                 }
                 std::thread::sleep(Duration::from_millis(50));
-                info!("drained; bye");
+                sluice::log::always(
+                    sluice::config::LogLevel::Info,
+                    format_args!("drained; exiting"),
+                );
                 return ExitCode::SUCCESS;
             }
         }
