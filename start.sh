@@ -7,10 +7,23 @@ cd "$(dirname "$0")"
 # More open files for many client connections (each connection is one fd, plus one upstream fd).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
+# Build only when a binary is missing or older than the sources.
+build() {
+  local stale=0
+  for bin in "$@"; do
+    if [[ ! -x target/release/$bin ]] || [[ -n "$(find src Cargo.toml Cargo.lock -newer "target/release/$bin" -print -quit 2>/dev/null)" ]]; then
+      stale=1
+    fi
+  done
+  if [[ $stale == 1 ]]; then
+    cargo build --release --quiet --bins
+  fi
+}
+
 case "${1:-}" in
   --demo)
     shift
-    cargo build --release --quiet --bins
+    build sluice sluice-upstream sluice-demo
     exec ./target/release/sluice-demo "$@"
     ;;
   --build-static)
@@ -20,7 +33,7 @@ case "${1:-}" in
     ;;
 esac
 
-cargo build --release --quiet --bin sluice
+build sluice
 config=()
 if [[ " $* " != *" --config "* && -f proxy_config.json ]]; then
   config=(--config proxy_config.json)
