@@ -204,7 +204,9 @@ pub fn proxy(
             return answer(conn, head, Reason::BodyTooLarge, request_id, None, false);
         }
     }
-    conn.prepare_body_reads();
+    if head.framing != Framing::None {
+        conn.prepare_body_reads();
+    }
     let idempotent = head.is_idempotent();
     let (mut reader, client) = conn.split();
     let expect_continue = head.expect_continue;
