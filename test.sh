@@ -7,5 +7,11 @@ cd "$(dirname "$0")"
 if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore prometheus_client
 fi
+# The README quick-reference test pipes metrics through jq and curl, as users do.
+if ! command -v jq >/dev/null || ! command -v curl >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq curl >/dev/null
+  fi
+fi
 cargo build --release --quiet --bins
 cargo test --release -- --test-threads="${TEST_THREADS:-4}"

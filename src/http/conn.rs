@@ -131,7 +131,8 @@ impl ClientConn {
             };
             // Waiting for a new request: the whole first-byte allowance, the same value every
             // time (no syscall). Once a head has begun: exactly what is left of its allowance.
-            let wait = if head_started.is_none() && left + Duration::from_millis(5) >= d.first_byte {
+            let wait = if head_started.is_none() && left + Duration::from_millis(5) >= d.first_byte
+            {
                 d.first_byte
             } else {
                 left

@@ -1,0 +1,113 @@
+//! The documentation is executable: every command of the README's quick reference runs, and every
+//! shipped config file passes `--check-config`; each unwise setting prints its warning.
+//! (One test binary of its own, so no other `sluice` process runs beside the quick reference.)
+
+use std::process::Command;
+
+fn check_config(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--check-config")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_passes_check_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut files = vec![format!("{root}/proxy_config.json")];
+    for e in std::fs::read_dir(format!("{root}/examples")).unwrap() {
+        files.push(e.unwrap().path().to_string_lossy().into_owned());
+    }
+    assert!(files.len() >= 4, "proxy_config.json and three scenarios");
+    for f in files {
+        let (code, out, err) = check_config(&["--config", &f]);
+        assert_eq!(code, Some(0), "{f}: {err}");
+        assert!(out.starts_with("config ok"), "{f}");
+        assert!(!out.contains("warning:"), "{f} ships with a warning: {out}");
+    }
+}
+
+#[test]
+fn each_unwise_setting_prints_its_warning_and_still_exits_0() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--pool-maxsize", "10"],
+            "pool_maxsize (10) < max_concurrent_requests",
+        ),
+        (
+            &["--max-queue-size", "10"],
+            "max_queue_size (10) < max_concurrent_requests",
+        ),
+        (
+            &["--read-timeout", "5"],
+            "read_timeout (5s) is shorter than connect_timeout",
+        ),
+        (
+            &["--queue-timeout", "120"],
+            "queue_timeout (120s) is longer than most clients wait",
+        ),
+        (
+            &["--circuit-breaker-timeout", "0"],
+            "circuit_breaker_timeout is 0",
+        ),
+    ];
+    for (args, warning) in cases {
+        let mut all = vec!["--target-host", "up"];
+        all.extend_from_slice(args);
+        let (code, out, _) = check_config(&all);
+        assert_eq!(code, Some(0), "{args:?}");
+        assert!(
+            out.contains(&format!("warning: {warning}")),
+            "{args:?}: {out}"
+        );
+        assert_eq!(out.matches("warning:").count(), 1, "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn check_config_errors_exit_2_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("sluice-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (text, key) in [
+        (
+            r#"{"target_host":"x","max_queue_sise":1}"#,
+            "max_queue_sise",
+        ),
+        (r#"{"target_host":"x","max_retries":"two"}"#, "max_retries"),
+        (
+            r#"{"target_host":"x","circuit_breaker_threshold":0}"#,
+            "circuit_breaker_threshold",
+        ),
+    ] {
+        let f = dir.join(format!("{key}.json"));
+        std::fs::write(&f, text).unwrap();
+        let (code, _, err) = check_config(&["--config", f.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{text}");
+        assert!(err.contains(&format!("'{key}'")), "{text}: {err}");
+    }
+}
+
+#[test]
+fn readme_quick_reference_commands_all_run() {
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/quickref.sh"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("quickref: all commands passed"));
+    assert!(
+        text.lines().filter(|l| l.starts_with("quickref$ ")).count() >= 9,
+        "{text}"
+    );
+}
