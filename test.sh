@@ -13,5 +13,13 @@ if ! command -v jq >/dev/null || ! command -v curl >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq curl >/dev/null
   fi
 fi
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pyyaml
+fi
+# Thousands of connections in the hardening tests: raise the open-file limit as far as allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --bins
+# The static binary the hardening tests run in an empty root (./start.sh --build-static).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target x86_64-unknown-linux-gnu --bin sluice
+export SLUICE_REQUIRE_STATIC=1
 cargo test --release -- --test-threads="${TEST_THREADS:-4}"

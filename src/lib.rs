@@ -28,6 +28,7 @@ pub mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ pub fn start(config: Config) -> io::Result<Running> {
                 "listen address resolves to nothing",
             )
         })?;
-    let listener = TcpListener::bind(addr)?;
+    let listener = listen(addr)?;
     let addr = listener.local_addr()?;
     log::set_level(config.log_level);
     let capacity =
@@ -69,6 +70,22 @@ pub fn start(config: Config) -> io::Result<Running> {
         acceptor: Some(acceptor),
         workers,
     })
+}
+
+/// Connections the kernel may hold for the acceptor (std's `bind` allows only 128; bursts of new
+/// clients beyond that are dropped or reset by the kernel before sluice sees them).
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 impl Running {

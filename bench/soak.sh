@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Soak test by hand: bench/soak.sh [SECONDS] (default 300). Bounded; loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release --quiet --bins
+exec python3 bench/soak.py "$@"
