@@ -54,10 +54,16 @@ pub fn spawn(shared: &Arc<Shared>, rx: Receiver<Job>) -> Vec<JoinHandle<()>> {
 
 fn run(shared: &Shared, rx: &Receiver<Job>) {
     let mut scratch = vec![0u8; COPY_BUFFER];
+    drain(shared, rx, |job| handle(shared, job, &mut scratch));
+}
+
+/// Takes jobs until the queue closes or sluice stops. A panic while handling one job is caught
+/// and counted; the loop (this worker) goes on with the next job.
+fn drain<J>(shared: &Shared, rx: &Receiver<J>, mut handle: impl FnMut(J)) {
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(job) => {
-                if catch_unwind(AssertUnwindSafe(|| handle(shared, job, &mut scratch))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| handle(job))).is_err() {
                     shared.metrics.worker_panics.fetch_add(1, Relaxed);
                     crate::error!("worker panicked; that request's connection was closed");
                 }
@@ -168,6 +174,31 @@ pub fn verdict(outcome: Outcome) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_request_does_not_kill_its_worker() {
+        let (tx, _) = crossbeam_channel::bounded(1);
+        let shared = Shared::new(
+            crate::Config {
+                target_host: "127.0.0.1".into(),
+                log_level: crate::config::LogLevel::Error,
+                ..crate::Config::default()
+            },
+            tx,
+        );
+        let (jobs, rx) = crossbeam_channel::unbounded();
+        for n in 0..3 {
+            jobs.send(n).unwrap();
+        }
+        drop(jobs);
+        let mut served = Vec::new();
+        drain(&shared, &rx, |n: u32| {
+            assert!(n != 1, "request 1 panics");
+            served.push(n);
+        });
+        assert_eq!(served, [0, 2], "the job after the panic was still served");
+        assert_eq!(shared.metrics.worker_panics.load(Relaxed), 1);
+    }
 
     #[test]
     fn breaker_counts_gateway_failures_but_not_application_errors() {

@@ -133,3 +133,35 @@ fn workers_bound_upstream_concurrency() {
     assert_eq!(peak, 3);
     assert_eq!(up.request_count(), 12);
 }
+
+#[test]
+fn connections_over_the_cap_get_503_too_many_connections() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_connections = 2);
+    let mut first = Conn::open(s.addr());
+    let mut second = Conn::open(s.addr());
+    assert_eq!(first.get("/1").status, 200);
+    assert_eq!(second.get("/2").status, 200);
+    let mut third = Conn::open(s.addr());
+    third
+        .response(false)
+        .expect("a 503 before close")
+        .assert_sluice_error(503, "too_many_connections");
+    assert!(third.closed_within(Duration::from_secs(2)));
+    assert_eq!(
+        first.get("/1-again").status,
+        200,
+        "held connections keep working"
+    );
+    drop(second);
+    assert!(eventually(Duration::from_secs(3), || {
+        let mut c = Conn::open(s.addr());
+        c.get("/after").status == 200
+    }));
+    assert!(
+        metrics(s.addr())["outcomes"]["too_many_connections"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
