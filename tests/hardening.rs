@@ -58,22 +58,17 @@ fn acceptor_survives_emfile_under_a_connection_flood() {
 #[test]
 fn five_thousand_idle_keep_alive_connections_cost_little_and_close_on_time() {
     let up = upstream();
-    let p = Proc::start(&[
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--target-host",
-        "127.0.0.1",
-        "--target-port",
-        &up.port().to_string(),
-        "--client-idle-timeout",
-        "4",
-        "--max-connections",
-        "6000",
-        "--max-queue-size",
-        "5000",
-    ]);
+    let p = Proc::in_front_of(
+        up.port(),
+        &[
+            "--client-idle-timeout",
+            "4",
+            "--max-connections",
+            "6000",
+            "--max-queue-size",
+            "5000",
+        ],
+    );
     let base = p.rss_kib();
     let mut conns = Vec::with_capacity(5000);
     for i in 0..5000 {

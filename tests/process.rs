@@ -112,17 +112,7 @@ fn help_lists_every_setting() {
 #[test]
 fn one_gib_streams_both_ways_in_bounded_memory() {
     let up = sluice::test_upstream::TestUpstream::start_on("127.0.0.1:0", true).unwrap();
-    let port = up.port().to_string();
-    let p = Proc::start(&[
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--target-host",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-    ]);
+    let p = Proc::in_front_of(up.port(), &[]);
     const GIB: u64 = 1 << 30;
 
     let mut st = TcpStream::connect(p.addr).unwrap();
@@ -178,19 +168,7 @@ fn one_gib_streams_both_ways_in_bounded_memory() {
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let up = upstream();
-    let port = up.port().to_string();
-    let mut p = Proc::start(&[
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--target-host",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-        "--shutdown-grace",
-        "10",
-    ]);
+    let mut p = Proc::in_front_of(up.port(), &["--shutdown-grace", "10"]);
     let addr = p.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, rejected, failed) = (
@@ -276,17 +254,7 @@ fn get_status_or_zero(addr: std::net::SocketAddr, path: &str) -> u16 {
 #[test]
 fn health_turns_503_draining_while_in_flight_requests_finish() {
     let up = upstream();
-    let port = up.port().to_string();
-    let mut p = Proc::start(&[
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--target-host",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-    ]);
+    let mut p = Proc::in_front_of(up.port(), &[]);
     let addr = p.addr;
     let mut health = Conn::open(addr);
     assert_eq!(health.get("/proxy-health").status, 200);
@@ -314,17 +282,7 @@ fn health_turns_503_draining_while_in_flight_requests_finish() {
 #[test]
 fn second_sigterm_exits_at_once() {
     let up = upstream();
-    let port = up.port().to_string();
-    let mut p = Proc::start(&[
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--target-host",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-    ]);
+    let mut p = Proc::in_front_of(up.port(), &[]);
     let addr = p.addr;
     let _slow = std::thread::spawn(move || get_status_or_zero(addr, "/slow?delay_ms=20000"));
     std::thread::sleep(Duration::from_millis(300));

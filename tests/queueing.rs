@@ -97,7 +97,7 @@ fn keep_alive_connection_survives_a_queue_rejection() {
         c.max_concurrent_requests = 1;
         c.max_queue_size = 0;
     });
-    let busy = background_get(s.addr(), "/slow?delay_ms=800");
+    let busy = background_get(s.addr(), "/slow?delay_ms=2000");
     assert!(eventually(Duration::from_secs(3), || metrics(s.addr())
         ["active_requests"]
         == 1));

@@ -269,6 +269,23 @@ impl Proc {
         Self::start_with(Command::new(env!("CARGO_BIN_EXE_sluice")).args(args))
     }
 
+    /// Starts the sluice binary on a free loopback port in front of `upstream_port`.
+    pub fn in_front_of(upstream_port: u16, extra: &[&str]) -> Proc {
+        let port = upstream_port.to_string();
+        let mut args = vec![
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--target-host",
+            "127.0.0.1",
+            "--target-port",
+            &port,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     pub fn start_with(cmd: &mut Command) -> Proc {
         let mut child = cmd
             .stdout(Stdio::null())
