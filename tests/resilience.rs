@@ -55,7 +55,8 @@ fn breaker_opens_answers_fast_probes_once_and_closes_on_recovery() {
 
 #[test]
 fn a_failing_probe_reopens_the_breaker() {
-    let s = sluice(closed_port(), |c| {
+    let dead = dead_port();
+    let s = sluice(dead.port(), |c| {
         c.circuit_breaker_threshold = 2;
         c.circuit_breaker_timeout = Duration::from_millis(1000);
         c.max_retries = 0;
@@ -127,13 +128,15 @@ fn idempotent_request_is_retried_after_a_gateway_error_and_counted() {
 
 #[test]
 fn post_to_a_refused_port_is_retried_because_nothing_was_sent() {
-    let port = closed_port();
+    let dead = dead_port();
+    let port = dead.port();
     let s = sluice(port, |c| {
         c.max_retries = 2;
         c.retry_backoff_factor = 0.4;
     });
     let starter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(80));
+        drop(dead); // the port comes alive
         TestUpstream::start_on(&format!("127.0.0.1:{port}"), true).unwrap()
     });
     let r = send(
@@ -242,7 +245,8 @@ fn retry_budget_bounds_amplification_against_a_failing_upstream() {
 
 #[test]
 fn no_retries_while_the_breaker_is_open() {
-    let s = sluice(closed_port(), |c| {
+    let dead = dead_port();
+    let s = sluice(dead.port(), |c| {
         c.max_retries = 2;
         c.circuit_breaker_threshold = 1;
         c.circuit_breaker_timeout = Duration::from_secs(60);

@@ -93,7 +93,8 @@ fn load_tester_sends_method_headers_and_body() {
 
 #[test]
 fn load_tester_reports_sluice_reasons_and_duration_mode() {
-    let s = sluice(closed_port(), |c| c.circuit_breaker_threshold = 1);
+    let dead = dead_port();
+    let s = sluice(dead.port(), |c| c.circuit_breaker_threshold = 1);
     let url = format!("http://{}/", s.addr());
     let t = Instant::now();
     let out = load(&[
@@ -117,7 +118,8 @@ fn load_tester_reports_sluice_reasons_and_duration_mode() {
 
 #[test]
 fn load_tester_counts_connection_errors_by_kind() {
-    let url = format!("http://127.0.0.1:{}/", closed_port());
+    let dead = dead_port();
+    let url = format!("http://127.0.0.1:{}/", dead.port());
     let out = load(&[
         "--url",
         &url,

@@ -10,7 +10,8 @@ use common::*;
 
 #[test]
 fn refused_upstream_is_502_connect_failed_quickly() {
-    let s = sluice(closed_port(), |c| c.circuit_breaker_threshold = 100);
+    let dead = dead_port();
+    let s = sluice(dead.port(), |c| c.circuit_breaker_threshold = 100);
     let t = Instant::now();
     get(s.addr(), "/").assert_sluice_error(502, "connect_failed");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());

@@ -39,10 +39,21 @@ pub fn sluice(target_port: u16, tweak: impl FnOnce(&mut Config)) -> Running {
     sluice::start(config(target_port, tweak)).expect("start sluice")
 }
 
-/// A port with nothing listening on it.
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// A loopback port that refuses connections: bound but never listening, so no other test can be
+/// given it while this lives (a released port can be handed to a parallel test's upstream).
+pub struct DeadPort(socket2::Socket);
+
+impl DeadPort {
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().as_socket().unwrap().port()
+    }
+}
+
+pub fn dead_port() -> DeadPort {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    DeadPort(s)
 }
 
 #[derive(Debug, Clone)]
