@@ -112,6 +112,15 @@ impl Breaker {
         self.last_transition
     }
 
+    /// While open and before its time is up: how long until the probe. Read-only, so callers can
+    /// shed a request before queueing it; `admit` still decides for everything else.
+    pub fn open_for(&self, now: Instant) -> Option<Duration> {
+        match (self.state, self.opened_at) {
+            (State::Open, Some(t)) if now < t + self.open_for => Some(t + self.open_for - now),
+            _ => None,
+        }
+    }
+
     /// Asks to send one request upstream. Returns the decision and any state change it caused.
     pub fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
         match self.state {
@@ -238,6 +247,23 @@ mod tests {
             Admit::Reject {
                 retry_after: Duration::from_secs(40)
             }
+        );
+    }
+
+    #[test]
+    fn open_for_reports_time_left_only_while_open() {
+        let now = t0();
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        assert_eq!(b.open_for(now), None);
+        b.record(now, Verdict::Failure, false);
+        assert_eq!(
+            b.open_for(now + Duration::from_secs(4)),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(
+            b.open_for(now + Duration::from_secs(10)),
+            None,
+            "time for a probe: admit decides"
         );
     }
 

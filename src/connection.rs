@@ -93,6 +93,32 @@ pub fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             }
             return;
         }
+        // An open breaker refuses at once, on this thread: no worker is needed to say no.
+        if let Some(left) = shared.breaker_open_for() {
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            let fin = forward::answer(
+                &mut conn,
+                &head,
+                Reason::CircuitOpen,
+                &request_id,
+                Some(secs),
+                body_done,
+            );
+            record(
+                shared,
+                &head.method,
+                &head.target,
+                &request_id,
+                peer,
+                started,
+                Duration::ZERO,
+                &fin,
+            );
+            if fin.keep_alive {
+                continue;
+            }
+            return;
+        }
         handoff.put(
             gen,
             Parked {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
@@ -126,6 +126,11 @@ impl Shared {
         let (admit, t) = self.breaker.lock().admit(Instant::now());
         self.note(t);
         admit
+    }
+
+    /// Time until the probe while the breaker is open (requests can be refused before queueing).
+    pub fn breaker_open_for(&self) -> Option<Duration> {
+        self.breaker.lock().open_for(Instant::now())
     }
 
     /// Tells the breaker how an admitted request ended.
