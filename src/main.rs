@@ -96,6 +96,7 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
             cfg.circuit_breaker_timeout.as_secs_f64(),
         ),
     );
+    info!("effective config: {}", cfg.to_json());
     for w in cfg.warnings() {
         warn!("{w}");
     }

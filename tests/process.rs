@@ -311,6 +311,13 @@ fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_bad() {
         ),
     );
     let p = Proc::start(&["--config", &file]);
+    assert!(
+        eventually(Duration::from_secs(2), || p
+            .stderr
+            .lock()
+            .contains("effective config: {")),
+        "the start-up log carries the effective config"
+    );
     assert_eq!(get(p.addr, "/?status=503").status, 503);
     assert_eq!(up.request_count(), 1);
 
