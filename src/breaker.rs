@@ -32,6 +32,11 @@ impl State {
     }
 }
 
+/// `Retry-After` for a wait: whole seconds, rounded up (never 0 while a wait remains).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// What the breaker says about one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
@@ -248,6 +253,13 @@ mod tests {
                 retry_after: Duration::from_secs(40)
             }
         );
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
     }
 
     #[test]

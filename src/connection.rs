@@ -10,6 +10,7 @@ use crossbeam_channel::TrySendError;
 
 use crate::access_log::{self, RequestCtx};
 use crate::admin;
+use crate::breaker::retry_after_secs;
 use crate::forward::{self, Finished};
 use crate::handoff::{Handoff, Waited};
 use crate::headers;
@@ -65,49 +66,42 @@ pub fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
         let _in_progress = shared.begin_request();
         let request_id = headers::request_id(&head);
         let body_done = head.framing == Framing::None;
-        if shared.draining() || head.path == "*" {
-            let fin = if head.path == "*" {
-                options_star(&mut conn, head.http10, head.keep_alive && body_done)
-            } else {
+        // Answered here, with no worker: `OPTIONS *`, a draining sluice, an open breaker.
+        let local = if head.path == "*" {
+            Some(options_star(
+                &mut conn,
+                head.http10,
+                head.keep_alive && body_done,
+            ))
+        } else if shared.draining() {
+            let reason = Reason::Draining;
+            Some(forward::answer(
+                &mut conn,
+                &head,
+                reason,
+                &request_id,
+                None,
+                body_done,
+            ))
+        } else {
+            shared.breaker_open_for().map(|left| {
+                let retry_after = Some(retry_after_secs(left));
                 forward::answer(
                     &mut conn,
                     &head,
-                    Reason::Draining,
+                    Reason::CircuitOpen,
                     &request_id,
-                    None,
+                    retry_after,
                     body_done,
                 )
-            };
+            })
+        };
+        if let Some(fin) = local {
+            let (method, target) = (&head.method, &head.target);
             record(
                 shared,
-                &head.method,
-                &head.target,
-                &request_id,
-                peer,
-                started,
-                Duration::ZERO,
-                &fin,
-            );
-            if fin.keep_alive {
-                continue;
-            }
-            return;
-        }
-        // An open breaker refuses at once, on this thread: no worker is needed to say no.
-        if let Some(left) = shared.breaker_open_for() {
-            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            let fin = forward::answer(
-                &mut conn,
-                &head,
-                Reason::CircuitOpen,
-                &request_id,
-                Some(secs),
-                body_done,
-            );
-            record(
-                shared,
-                &head.method,
-                &head.target,
+                method,
+                target,
                 &request_id,
                 peer,
                 started,

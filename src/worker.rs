@@ -116,7 +116,7 @@ fn handle(shared: &Shared, job: Job, scratch: &mut [u8]) {
     let fin = match admit {
         None => forward::answer(conn, head, Reason::QueueTimeout, rid, None, body_done),
         Some(Admit::Reject { retry_after }) => {
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let secs = crate::breaker::retry_after_secs(retry_after);
             forward::answer(conn, head, Reason::CircuitOpen, rid, Some(secs), body_done)
         }
         Some(Admit::Pass) => forward::proxy(shared, &cfg, conn, head, rid, false, scratch),
