@@ -165,7 +165,8 @@ fn upstream_request(
         .method(method)
         .uri(format!("{base}{}", head.path));
     for (name, value) in headers::upstream_request_headers(head, conn.peer.ip(), request_id) {
-        b = b.header(name.as_str(), value.as_slice());
+        let value: &[u8] = &value;
+        b = b.header(name, value);
     }
     let has_length = head.header("content-length").is_some();
     if head.framing == Framing::None

@@ -1,6 +1,7 @@
 //! Header rules (DESIGN.md §5): which headers cross sluice in each direction, and the ones it adds
 //! (`X-Forwarded-For`, `Via`, `X-Request-Id`). Pure functions over header lists; no I/O.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::http::parse::RequestHead;
@@ -47,13 +48,14 @@ pub fn new_request_id() -> String {
     format!("{:016x}", crate::rand::next_u64())
 }
 
-/// The headers sent upstream: end-to-end headers as received (names and order kept), then one
-/// `X-Forwarded-For` (earlier hops + this client), one `Via`, and `X-Request-Id`.
-pub fn upstream_request_headers(
-    head: &RequestHead,
+/// The headers sent upstream: end-to-end headers as received (names and order kept, borrowed
+/// from the head, not copied), then one `X-Forwarded-For` (earlier hops + this client), one
+/// `Via`, and `X-Request-Id`.
+pub fn upstream_request_headers<'a>(
+    head: &'a RequestHead,
     client: IpAddr,
-    request_id: &str,
-) -> Vec<(String, Vec<u8>)> {
+    request_id: &'a str,
+) -> Vec<(&'a str, Cow<'a, [u8]>)> {
     let tokens = connection_tokens(
         head.headers
             .iter()
@@ -73,7 +75,7 @@ pub fn upstream_request_headers(
             &mut via
         } else {
             if !h.name.eq_ignore_ascii_case("x-request-id") {
-                out.push((h.name.clone(), h.value.clone()));
+                out.push((h.name.as_str(), Cow::Borrowed(h.value.as_slice())));
             }
             continue;
         };
@@ -91,9 +93,9 @@ pub fn upstream_request_headers(
             b"1.1 sluice"
         },
     );
-    out.push(("x-forwarded-for".into(), xff));
-    out.push(("via".into(), via));
-    out.push(("x-request-id".into(), request_id.as_bytes().to_vec()));
+    out.push(("x-forwarded-for", Cow::Owned(xff)));
+    out.push(("via", Cow::Owned(via)));
+    out.push(("x-request-id", Cow::Borrowed(request_id.as_bytes())));
     out
 }
 
@@ -114,11 +116,11 @@ mod tests {
         parse_head(raw.as_bytes(), 65536).unwrap().unwrap().0
     }
 
-    fn names(h: &[(String, Vec<u8>)]) -> Vec<String> {
+    fn names(h: &[(&str, Cow<'_, [u8]>)]) -> Vec<String> {
         h.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
     }
 
-    fn value<'a>(h: &'a [(String, Vec<u8>)], name: &str) -> &'a str {
+    fn value<'a>(h: &'a [(&str, Cow<'_, [u8]>)], name: &str) -> &'a str {
         let v = &h
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))

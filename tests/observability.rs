@@ -343,35 +343,9 @@ fn admin_endpoints_answer_while_the_breaker_is_open_and_the_queue_is_full() {
 #[test]
 fn access_log_has_one_json_line_per_request() {
     let up = upstream();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--target-host",
-            "127.0.0.1",
-            "--access-log",
-            "--max-retries",
-            "0",
-        ])
-        .args(["--target-port", &up.port().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-    let addr: std::net::SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut p =
+        Proc::in_front_of_keeping_stdout(up.port(), &["--access-log", "--max-retries", "0"]);
+    let addr = p.addr;
     send(
         addr,
         b"GET /a?status=404 HTTP/1.1\r\nHost: t\r\nX-Request-Id: log-1\r\n\r\n",
@@ -381,9 +355,8 @@ fn access_log_has_one_json_line_per_request() {
         b"POST /b?reset=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
     );
     std::thread::sleep(Duration::from_millis(100));
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    let out = p.stdout_after_kill();
+    let lines: Vec<Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

@@ -298,11 +298,39 @@ impl Proc {
     }
 
     pub fn start_with(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice");
+        Self::spawn(cmd.stdout(Stdio::null()))
+    }
+
+    /// Like `in_front_of`, with stdout kept for `stdout_after_kill` (the access log).
+    pub fn in_front_of_keeping_stdout(upstream_port: u16, extra: &[&str]) -> Proc {
+        let port = upstream_port.to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--target-host",
+            "127.0.0.1",
+        ])
+        .args(["--target-port", &port])
+        .args(extra)
+        .stdout(Stdio::piped());
+        Self::spawn(&mut cmd)
+    }
+
+    /// Kills the process and returns everything it wrote to stdout.
+    pub fn stdout_after_kill(&mut self) -> String {
+        let _ = self.child.kill();
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        out
+    }
+
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn sluice");
         let err = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
