@@ -1,4 +1,4 @@
-//! The admin endpoints, answered on the connection thread and never queued, so they work while
+//! The admin endpoints, answered by the front end and never queued, so they work while
 //! the queue is full or the breaker is open: `/proxy-health`, `/proxy-metrics` (the Python
 //! service's JSON keys) and `/proxy-metrics/prometheus` (text format 0.0.4).
 
@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{json, Value};
 
-use crate::http::conn::ClientConn;
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::write::Simple;
 use crate::state::Shared;
@@ -25,8 +24,8 @@ pub fn is_admin(head: &RequestHead) -> bool {
     matches!(path_only(&head.path), HEALTH | METRICS | PROMETHEUS)
 }
 
-/// Answers an admin request; returns whether the connection stays open.
-pub fn serve(shared: &Shared, conn: &mut ClientConn, head: &RequestHead) -> bool {
+/// The response to an admin request, and whether the connection stays open after it.
+pub fn answer(shared: &Shared, head: &RequestHead) -> (Vec<u8>, bool) {
     let keep = head.keep_alive && head.framing == Framing::None;
     let (status, ctype, body) = if !matches!(head.method.as_str(), "GET" | "HEAD") {
         (
@@ -59,7 +58,7 @@ pub fn serve(shared: &Shared, conn: &mut ClientConn, head: &RequestHead) -> bool
         head_only: head.is_head(),
     }
     .to_bytes();
-    conn.write_all(&bytes).is_ok() && keep
+    (bytes, keep)
 }
 
 /// `/proxy-health`: 200 healthy or degraded (breaker not closed), 503 while draining.

@@ -75,7 +75,7 @@ pub struct Finished {
 }
 
 impl Finished {
-    fn new(outcome: Outcome, keep_alive: bool) -> Self {
+    pub fn new(outcome: Outcome, keep_alive: bool) -> Self {
         Finished {
             outcome,
             keep_alive,
@@ -87,8 +87,23 @@ impl Finished {
     }
 }
 
-/// Writes sluice's own error response for `reason`. The connection stays open only when the
-/// client wants it and its request body is not left unread on the wire.
+/// sluice's own error response for `reason`, and whether the connection stays open after it:
+/// only when the client wants it and its request body is not left unread on the wire.
+pub fn error_answer(
+    head: &RequestHead,
+    reason: Reason,
+    request_id: &str,
+    retry_after: Option<u64>,
+    body_done: bool,
+) -> (Vec<u8>, bool) {
+    let keep = head.keep_alive
+        && body_done
+        && !matches!(reason, Reason::Draining | Reason::TooManyConnections);
+    let bytes = write::error_response(reason, request_id, retry_after, !keep, head.http10);
+    (bytes, keep)
+}
+
+/// Writes sluice's own error response for `reason` (see `error_answer`).
 pub fn answer(
     conn: &mut ClientConn,
     head: &RequestHead,
@@ -97,10 +112,7 @@ pub fn answer(
     retry_after: Option<u64>,
     body_done: bool,
 ) -> Finished {
-    let keep = head.keep_alive
-        && body_done
-        && !matches!(reason, Reason::Draining | Reason::TooManyConnections);
-    let bytes = write::error_response(reason, request_id, retry_after, !keep, head.http10);
+    let (bytes, keep) = error_answer(head, reason, request_id, retry_after, body_done);
     let sent = conn.write_all(&bytes).is_ok();
     Finished {
         bytes_out: bytes.len() as u64,

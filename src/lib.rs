@@ -2,7 +2,8 @@
 //!
 //! `start(Config)` binds the listener and starts the acceptor and the worker pool; the returned
 //! `Running` reports the bound address and drains or stops the proxy. DESIGN.md §1 draws the
-//! shape: acceptor → connection threads → bounded queue → workers → one shared ureq agent.
+//! shape: front end (accepts, reads heads: one event loop) → bounded queue → workers → one
+//! shared ureq agent.
 
 pub mod access_log;
 pub mod admin;
@@ -10,24 +11,24 @@ pub mod admission;
 pub mod breaker;
 pub mod client;
 pub mod config;
-pub mod connection;
 pub mod forward;
-pub mod handoff;
+pub mod front;
 pub mod headers;
 pub mod http;
 pub mod load;
 pub mod log;
 pub mod metrics;
+pub mod queue;
 pub mod rand;
 pub mod reason;
 pub mod retry;
-pub mod server;
+pub mod slot;
 pub mod state;
 pub mod test_upstream;
 pub mod worker;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,7 +41,8 @@ use state::Shared;
 pub struct Running {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    front: Option<JoinHandle<()>>,
+    back: front::Back,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -58,16 +60,15 @@ pub fn start(config: Config) -> io::Result<Running> {
     let listener = listen(addr)?;
     let addr = listener.local_addr()?;
     log::set_level(config.log_level);
-    let capacity =
-        admission::Admission::new(config.max_concurrent_requests, config.max_queue_size).capacity();
-    let (tx, rx) = crossbeam_channel::bounded(capacity);
-    let shared = Arc::new(Shared::new(config, tx));
-    let workers = worker::spawn(&shared, rx);
-    let acceptor = server::spawn_acceptor(shared.clone(), listener)?;
+    let shared = Arc::new(Shared::new(config));
+    let (front, back) = front::Front::new(shared.clone(), listener)?;
+    let workers = worker::spawn(&shared, &back);
+    let front = front.spawn()?;
     Ok(Running {
         addr,
         shared,
-        acceptor: Some(acceptor),
+        front: Some(front),
+        back,
         workers,
     })
 }
@@ -105,17 +106,10 @@ impl Running {
     /// `draining`. Requests already accepted go on.
     pub fn drain(&mut self) {
         self.shared.start_draining();
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(if wake.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
+        self.back.wake();
+        let until = Instant::now() + Duration::from_secs(2);
+        while self.back.listening() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -139,6 +133,10 @@ impl Running {
         self.drain();
         let idle = self.wait_idle(grace);
         self.shared.stop();
+        self.back.wake();
+        if let Some(f) = self.front.take() {
+            let _ = f.join();
+        }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 
 use crate::admission::Admission;
@@ -13,6 +12,7 @@ use crate::breaker::{Admit, Breaker, State, Transition, Verdict};
 use crate::config::Config;
 use crate::forward::Upstream;
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 use crate::retry::RetryBudget;
 use crate::worker::Job;
 
@@ -22,7 +22,7 @@ pub struct Shared {
     pub metrics: Metrics,
     breaker: Mutex<Breaker>,
     pub budget: Mutex<RetryBudget>,
-    pub queue: Sender<Job>,
+    pub queue: Queue<Job>,
     pub admission: Admission,
     /// Fixed at start: worker threads and queue capacity (changing them needs a restart).
     pub workers: usize,
@@ -30,15 +30,16 @@ pub struct Shared {
     draining: AtomicBool,
     stopping: AtomicBool,
     /// Proxied requests from head parsed to response written (queued, in a worker, or being
-    /// answered on their connection thread): what a graceful drain waits for.
-    in_progress: AtomicI64,
+    /// answered by the front end): what a graceful drain waits for.
+    in_progress: Arc<AtomicI64>,
     /// Breaker transitions into closed, open, half-open.
     transitions: [AtomicU64; 3],
 }
 
 impl Shared {
-    pub fn new(config: Config, queue: Sender<Job>) -> Self {
+    pub fn new(config: Config) -> Self {
         let now = Instant::now();
+        let admission = Admission::new(config.max_concurrent_requests, config.max_queue_size);
         Shared {
             upstream: RwLock::new(Arc::new(Upstream::new(&config))),
             breaker: Mutex::new(Breaker::new(
@@ -46,15 +47,15 @@ impl Shared {
                 config.circuit_breaker_timeout,
             )),
             budget: Mutex::new(RetryBudget::standard(now)),
-            admission: Admission::new(config.max_concurrent_requests, config.max_queue_size),
+            queue: Queue::new(admission.capacity()),
+            admission,
             workers: config.max_concurrent_requests,
             queue_capacity: config.max_queue_size,
             config: RwLock::new(Arc::new(config)),
             metrics: Metrics::new(),
-            queue,
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            in_progress: AtomicI64::new(0),
+            in_progress: Arc::new(AtomicI64::new(0)),
             transitions: Default::default(),
         }
     }
@@ -170,9 +171,9 @@ impl Shared {
     }
 
     /// Counts one request as in progress until the returned guard drops.
-    pub fn begin_request(&self) -> InProgress<'_> {
+    pub fn begin_request(&self) -> InProgress {
         self.in_progress.fetch_add(1, Relaxed);
-        InProgress(self)
+        InProgress(self.in_progress.clone())
     }
 
     pub fn requests_in_progress(&self) -> i64 {
@@ -194,11 +195,11 @@ pub struct BreakerView {
     pub since_transition: Option<f64>,
 }
 
-/// A request counted in `Shared::requests_in_progress`.
-pub struct InProgress<'a>(&'a Shared);
+/// A request counted in `Shared::requests_in_progress`; it travels with the request.
+pub struct InProgress(Arc<AtomicI64>);
 
-impl Drop for InProgress<'_> {
+impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.in_progress.fetch_sub(1, Relaxed);
+        self.0.fetch_sub(1, Relaxed);
     }
 }

@@ -1,6 +1,6 @@
 //! The worker pool: `max_concurrent_requests` threads drain the bounded queue. Each job is
-//! checked against the queue deadline and the breaker, forwarded, recorded, and its connection
-//! handed back. A panic while handling one request is caught; the worker lives on.
+//! checked against the queue deadline and the breaker, forwarded, recorded, and a kept-alive
+//! connection handed back to the front end. A panic while handling one request is caught; the worker lives on.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
@@ -8,69 +8,70 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-
 use crate::access_log::{self, RequestCtx};
 use crate::admission::Ticket;
 use crate::breaker::{Admit, Verdict};
 use crate::forward::{self, COPY_BUFFER};
-use crate::handoff::Handoff;
-use crate::http::conn::ClientConn;
+use crate::front::{Back, Client};
 use crate::http::parse::{Framing, RequestHead};
 use crate::metrics::Outcome;
+use crate::queue::Queue;
 use crate::reason::Reason;
-use crate::state::Shared;
+use crate::slot::Slot;
+use crate::state::{InProgress, Shared};
 
-/// A request parked in its connection's hand-off slot while it waits for a worker.
+/// A request with its connection, parked in a slot while it waits for a worker.
 pub struct Parked {
-    pub conn: ClientConn,
+    pub client: Client,
     pub head: RequestHead,
     pub request_id: String,
     /// When its head was parsed: response time and queue wait count from here.
     pub started: Instant,
+    pub in_progress: InProgress,
 }
 
-/// One queued request: which slot holds it, and which request of that connection it is.
+/// One queued request: the slot holding it (which the front end may empty first when the
+/// request's queue time runs out).
 pub struct Job {
-    pub handoff: Arc<Handoff<Parked>>,
-    pub gen: u64,
+    pub slot: Arc<Slot<Parked>>,
     /// Held until the worker is done with the job; counts it against the admission limit.
     pub ticket: Ticket,
 }
 
-pub fn spawn(shared: &Arc<Shared>, rx: Receiver<Job>) -> Vec<JoinHandle<()>> {
+pub fn spawn(shared: &Arc<Shared>, back: &Back) -> Vec<JoinHandle<()>> {
     (0..shared.workers)
         .filter_map(|i| {
-            let (shared, rx) = (shared.clone(), rx.clone());
+            let (shared, back) = (shared.clone(), back.clone());
             std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
                 .stack_size(256 * 1024)
-                .spawn(move || run(&shared, &rx))
+                .spawn(move || run(&shared, &back))
                 .map_err(|e| crate::error!("could not start worker {i}: {e}"))
                 .ok()
         })
         .collect()
 }
 
-fn run(shared: &Shared, rx: &Receiver<Job>) {
+fn run(shared: &Shared, back: &Back) {
     let mut scratch = vec![0u8; COPY_BUFFER];
-    drain(shared, rx, |job| handle(shared, job, &mut scratch));
+    drain(shared, &shared.queue, |job| {
+        handle(shared, job, &mut scratch, back)
+    });
 }
 
 /// Takes jobs until the queue closes or sluice stops. A panic while handling one job is caught
 /// and counted; the loop (this worker) goes on with the next job.
-fn drain<J>(shared: &Shared, rx: &Receiver<J>, mut handle: impl FnMut(J)) {
+fn drain<J>(shared: &Shared, queue: &Queue<J>, mut handle: impl FnMut(J)) {
     loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(job) => {
-                if catch_unwind(AssertUnwindSafe(|| handle(job))).is_err() {
-                    shared.metrics.worker_panics.fetch_add(1, Relaxed);
-                    crate::error!("worker panicked; that request's connection was closed");
-                }
+        let Some(job) = queue.pop_timeout(Duration::from_millis(500)) else {
+            if shared.stopping() {
+                return;
             }
-            Err(RecvTimeoutError::Timeout) if shared.stopping() => return,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            continue;
+        };
+        if catch_unwind(AssertUnwindSafe(|| handle(job))).is_err() {
+            shared.metrics.worker_panics.fetch_add(1, Relaxed);
+            crate::error!("worker panicked; that request's connection was closed");
         }
     }
 }
@@ -91,38 +92,39 @@ impl Drop for Active<'_> {
     }
 }
 
-fn handle(shared: &Shared, job: Job, scratch: &mut [u8]) {
-    let Job {
-        handoff,
-        gen,
-        ticket,
-    } = job;
-    let Some(mut claim) = handoff.claim(gen) else {
-        return; // the connection thread answered 503 queue_timeout already
+fn handle(shared: &Shared, job: Job, scratch: &mut [u8], back: &Back) {
+    let Job { slot, ticket } = job;
+    let Some(parked) = slot.take() else {
+        return; // the front end answered 503 queue_timeout already
     };
     let active = Active::new(shared);
     let cfg = shared.config();
     let Parked {
-        conn,
+        mut client,
         head,
         request_id,
         started,
-    } = claim.item();
+        in_progress,
+    } = parked;
     let waited = started.elapsed();
     shared.metrics.record_queue_wait(waited);
-    let (head, rid) = (&*head, request_id.as_str());
+    // The front end reads heads without blocking; a worker blocks, under its timeouts.
+    if client.io.stream().set_nonblocking(false).is_err() {
+        return;
+    }
+    let (conn, rid) = (&mut client.io, request_id.as_str());
     let body_done = head.framing == Framing::None;
     let admit = (waited <= cfg.queue_timeout).then(|| shared.admit());
     let fin = match admit {
-        None => forward::answer(conn, head, Reason::QueueTimeout, rid, None, body_done),
+        None => forward::answer(conn, &head, Reason::QueueTimeout, rid, None, body_done),
         Some(Admit::Reject { retry_after }) => {
             let secs = crate::breaker::retry_after_secs(retry_after);
-            forward::answer(conn, head, Reason::CircuitOpen, rid, Some(secs), body_done)
+            forward::answer(conn, &head, Reason::CircuitOpen, rid, Some(secs), body_done)
         }
-        Some(Admit::Pass) => forward::proxy(shared, &cfg, conn, head, rid, false, scratch),
+        Some(Admit::Pass) => forward::proxy(shared, &cfg, conn, &head, rid, false, scratch),
         Some(Admit::Probe) => {
             let guard = ProbeGuard(Some(shared));
-            let fin = forward::proxy(shared, &cfg, conn, head, rid, true, scratch);
+            let fin = forward::proxy(shared, &cfg, conn, &head, rid, true, scratch);
             std::mem::forget(guard);
             fin
         }
@@ -135,13 +137,15 @@ fn handle(shared: &Shared, job: Job, scratch: &mut [u8]) {
         target: &head.target,
         request_id: rid,
         peer: conn.peer,
-        started: *started,
+        started,
         queue_wait: waited,
     };
     access_log::record(shared, &ctx, &fin);
     // Before the hand-back, so the client's next request finds this worker free.
-    drop((ticket, active));
-    claim.finish(fin.keep_alive);
+    drop((ticket, active, in_progress));
+    if fin.keep_alive {
+        back.give(client);
+    }
 }
 
 /// Frees the breaker's probe slot if the probe request panics, so the breaker cannot stay
@@ -177,22 +181,18 @@ mod tests {
 
     #[test]
     fn a_panicking_request_does_not_kill_its_worker() {
-        let (tx, _) = crossbeam_channel::bounded(1);
-        let shared = Shared::new(
-            crate::Config {
-                target_host: "127.0.0.1".into(),
-                log_level: crate::config::LogLevel::Error,
-                ..crate::Config::default()
-            },
-            tx,
-        );
-        let (jobs, rx) = crossbeam_channel::unbounded();
+        let shared = Shared::new(crate::Config {
+            target_host: "127.0.0.1".into(),
+            log_level: crate::config::LogLevel::Error,
+            ..crate::Config::default()
+        });
+        let jobs = Queue::new(3);
         for n in 0..3 {
-            jobs.send(n).unwrap();
+            jobs.try_push(n).unwrap();
         }
-        drop(jobs);
+        shared.stop();
         let mut served = Vec::new();
-        drain(&shared, &rx, |n: u32| {
+        drain(&shared, &jobs, |n: u32| {
             assert!(n != 1, "request 1 panics");
             served.push(n);
         });

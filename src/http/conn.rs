@@ -1,5 +1,6 @@
-//! One client connection's socket with its read buffer: reading request heads under the idle and
-//! header deadlines, and `BufRead` for bodies. Bytes past the current request stay buffered, so
+//! One client connection's socket with its read buffer: reading request heads (non-blocking for
+//! the front end's event loop; blocking under idle and header deadlines for the test upstream),
+//! and `BufRead` for bodies. Bytes past the current request stay buffered, so
 //! pipelined requests are served in order.
 
 use std::io::{self, BufRead, Read, Write};
@@ -17,6 +18,19 @@ pub enum ReadHeadError {
     Closed,
     /// Part of a head arrived, but not all of it within the header timeout: 408.
     Timeout,
+    /// The head is malformed or over a limit: 400/414/431.
+    Invalid(HeadError),
+}
+
+/// Where a non-blocking read of a request head got to.
+#[derive(Debug)]
+pub enum HeadPoll {
+    /// A whole head: the bytes after it stay buffered for the body or the next request.
+    Ready(RequestHead),
+    /// The socket has nothing more for now.
+    Pending,
+    /// The client closed (or the socket failed).
+    Closed,
     /// The head is malformed or over a limit: 400/414/431.
     Invalid(HeadError),
 }
@@ -162,6 +176,45 @@ impl ClientConn {
                     return Err(timed_out(head_started.is_some()));
                 }
                 Err(_) => return Err(ReadHeadError::Closed),
+            }
+        }
+    }
+
+    /// Reads what the (non-blocking) socket has and parses a head if one is complete. While
+    /// nothing is buffered the read buffer is freed, so an idle connection holds no buffer.
+    pub fn poll_head(&mut self, max_head_bytes: usize) -> HeadPoll {
+        self.rb.compact();
+        loop {
+            let rb = &mut self.rb;
+            if rb.end > 0 {
+                match parse_head(&rb.buf[..rb.end], max_head_bytes) {
+                    Ok(Some((head, len))) => {
+                        rb.pos = len;
+                        return HeadPoll::Ready(head);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return HeadPoll::Invalid(e),
+                }
+            }
+            if rb.end == rb.buf.len() {
+                let grown =
+                    (rb.buf.len() * 2).clamp(INITIAL_BUFFER, max_head_bytes + INITIAL_BUFFER);
+                if grown <= rb.buf.len() {
+                    return HeadPoll::Invalid(HeadError::TooLarge);
+                }
+                rb.buf.resize(grown, 0);
+            }
+            match (&self.stream).read(&mut rb.buf[rb.end..]) {
+                Ok(0) => return HeadPoll::Closed,
+                Ok(n) => rb.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if rb.end == 0 {
+                        rb.buf = Vec::new();
+                    }
+                    return HeadPoll::Pending;
+                }
+                Err(_) => return HeadPoll::Closed,
             }
         }
     }
