@@ -307,3 +307,85 @@ fn admin_paths_are_not_forwarded() {
     );
     assert_eq!(up.request_count(), 0);
 }
+
+/// Many pipelined requests answered by sluice itself: the answers (~4 KB each, 12 MB) outgrow the
+/// socket buffers,
+/// so the front end holds the rest, sends it as the client reads, and then reads on.
+#[test]
+fn pipelined_admin_requests_beyond_the_socket_buffers_are_all_answered_in_order() {
+    const N: usize = 3000;
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    // A small receive window, so that the answers cannot all sit in kernel buffers.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.addr().into()).unwrap();
+    let st: TcpStream = sock.into();
+    st.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut c = Conn {
+        r: std::io::BufReader::new(st),
+    };
+    let mut w = c.r.get_ref().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut raw = Vec::new();
+        for _ in 0..N {
+            raw.extend_from_slice(b"GET /proxy-metrics/prometheus HTTP/1.1\r\nHost: t\r\n\r\n");
+        }
+        raw.extend_from_slice(b"GET /after-the-admin-burst HTTP/1.1\r\nHost: t\r\n\r\n");
+        w.write_all(&raw).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let sluice fill the socket and wait
+    for i in 0..N {
+        let r = c
+            .response(false)
+            .unwrap_or_else(|| panic!("answer {i} of {N} missing"));
+        assert_eq!(r.status, 200, "answer {i}");
+        assert!(r.text().contains("sluice_requests_total"), "answer {i}");
+    }
+    let last = c
+        .response(false)
+        .expect("the proxied request after the burst");
+    assert_eq!(last.status, 200);
+    writer.join().unwrap();
+    let seen: Vec<_> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(seen, ["/after-the-admin-burst"]);
+}
+
+/// A client that sends requests but never reads the answers must not hold up anyone else, and is
+/// dropped once its answers stall for the client timeout.
+#[test]
+fn a_client_that_never_reads_its_answers_blocks_no_one_and_is_dropped() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.client_idle_timeout = Duration::from_secs(3)
+    });
+    let hog = TcpStream::connect(s.addr()).unwrap();
+    let mut w = hog.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let one = b"GET /proxy-metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+        let raw: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * 20_000)
+            .collect();
+        let _ = w.write_all(&raw); // fails once sluice drops the connection
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(get(s.addr(), "/proxy-health").status, 200);
+    assert_eq!(get(s.addr(), "/proxied-meanwhile").status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "others waited {:?}",
+        t.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || metrics(s.addr())
+            ["client_connections"]
+            == 1),
+        "the non-reading client was not dropped"
+    );
+    drop(hog);
+    writer.join().unwrap();
+}
