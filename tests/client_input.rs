@@ -309,8 +309,7 @@ fn admin_paths_are_not_forwarded() {
 }
 
 /// Many pipelined requests answered by sluice itself: the answers (~4 KB each, 12 MB) outgrow the
-/// socket buffers,
-/// so the front end holds the rest, sends it as the client reads, and then reads on.
+/// socket buffers, so the front end holds the rest, sends it as the client reads, and reads on.
 #[test]
 fn pipelined_admin_requests_beyond_the_socket_buffers_are_all_answered_in_order() {
     const N: usize = 3000;
