@@ -97,8 +97,8 @@ def nginx_conf(d, name, body):
     with open(path, "w") as f:
         f.write(
             f"""daemon off; master_process on; pid {d}/{name}.pid; error_log {d}/{name}.err warn;
-worker_processes {body[0]};
-events {{ worker_connections 8192; }}
+worker_processes {body[0]}; worker_rlimit_nofile 30000;
+events {{ worker_connections 25000; }}
 http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
 client_body_temp_path {d}/{name}-body; proxy_temp_path {d}/{name}-proxy;
 fastcgi_temp_path {d}/{name}-f; uwsgi_temp_path {d}/{name}-u; scgi_temp_path {d}/{name}-s;
@@ -202,6 +202,7 @@ def main():
 
         scenarios = [
             ("tiny responses, 50 conns", fast_port, tiny, 50, (64, 1024)),
+            ("tiny responses, 50 conns, 16 workers", fast_port, tiny, 50, (16, 1024)),
             ("tiny responses, 200 conns", fast_port, tiny, 200, (64, 1024)),
             ("1 MiB responses, 20 conns", fast_port, big, 20, (64, 1024)),
             ("50 ms upstream, 200 conns", slow_port, "/slow?delay_ms=50", 200, (200, 1024)),
@@ -220,11 +221,56 @@ def main():
                 stop(p)
             rows.append((name, res))
             print(f"done: {name}", file=sys.stderr)
+        idle = {}
+        p, port = start_sluice(fast_port, 64, 1024)
+        idle["sluice"] = idle_rss(port, tree(p.pid), tiny)
+        stop(p)
+        if have_nginx:
+            p, port = start_nginx_proxy(d, fast_port)
+            idle["nginx"] = idle_rss(port, tree(p.pid), tiny)
+            stop(p)
+        print("done: idle connections", file=sys.stderr)
     finally:
         for p in PROCS:
             stop(p)
         shutil.rmtree(d, ignore_errors=True)
     report(rows, fast_name)
+    print(f"\n{IDLE:,} idle keep-alive connections (one request each, then idle): "
+          + ", ".join(f"{k} RSS {v[0] / 1024:.1f} -> {v[1] / 1024:.1f} MiB" for k, v in idle.items()))
+
+
+IDLE = 10_000
+
+
+def idle_rss(port, pids, path):
+    """RSS (KiB, summed over pids) before and after IDLE keep-alive connections, each used once."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    before = sum(rss_kib(pid) for pid in pids)
+    socks = []
+    try:
+        for _ in range(IDLE):
+            s = socket.create_connection(("127.0.0.1", port), 5)
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            socks.append(s)
+        for s in socks:
+            s.recv(4096)
+        time.sleep(0.5)
+        return before, sum(rss_kib(pid) for pid in pids)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def rss_kib(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def fmt_ms(s):

@@ -9,6 +9,6 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   fi
 fi
 command -v wrk >/dev/null || { echo "bench: wrk is required (apt-get install wrk)" >&2; exit 2; }
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --bins
 exec python3 bench/run.py "$@"

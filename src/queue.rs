@@ -76,38 +76,29 @@ impl<T> Queue<T> {
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
         let deadline = Instant::now() + timeout;
         let me = ME.with(Arc::clone);
+        let mut stacked = false;
+        let mut inner = self.lock();
         loop {
-            let mut inner = self.lock();
-            if let Some(item) = inner.items.pop_front() {
-                return Some(item);
+            if stacked && me.woken.load(Relaxed) {
+                stacked = false; // the push that woke us took us off the stack
             }
+            let item = inner.items.pop_front();
             let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            me.woken.store(false, Relaxed);
-            inner.idle.push(me.clone());
-            drop(inner);
-            let mut now = now;
-            while now < deadline {
-                std::thread::park_timeout(deadline - now);
-                if self.lock_woken(&me) {
-                    break;
+            if item.is_some() || now >= deadline {
+                if stacked {
+                    inner.idle.retain(|s| !Arc::ptr_eq(s, &me));
                 }
-                now = Instant::now();
+                return item;
             }
-            let mut inner = self.lock();
-            if !me.woken.load(Relaxed) {
-                // Timed out: leave the stack (no push took this sleeper off it).
-                inner.idle.retain(|s| !Arc::ptr_eq(s, &me));
+            if !stacked {
+                me.woken.store(false, Relaxed);
+                inner.idle.push(me.clone());
+                stacked = true;
             }
+            drop(inner);
+            std::thread::park_timeout(deadline - now);
+            inner = self.lock();
         }
-    }
-
-    /// Reads `woken` under the lock, where pushes set it.
-    fn lock_woken(&self, me: &Sleeper) -> bool {
-        let _inner = self.lock();
-        me.woken.load(Relaxed)
     }
 
     pub fn len(&self) -> usize {
