@@ -207,6 +207,7 @@ def main():
             ("1 MiB responses, 20 conns", fast_port, big, 20, (64, 1024)),
             ("50 ms upstream, 200 conns", slow_port, "/slow?delay_ms=50", 200, (200, 1024)),
             ("dead upstream, 50 conns", dead_port, tiny, 50, (64, 1024)),
+            ("dead upstream, 10 conns", dead_port, tiny, 10, (64, 1024)),
         ]
         for name, up, path, conns, (workers, queue) in scenarios:
             res = {}

@@ -420,14 +420,9 @@ impl Front {
                 (answer, Outcome::Sluice(reason))
             })
         };
-        if let Some(((bytes, keep), outcome)) = local {
+        if let Some((answer, outcome)) = local {
             let Some(peer) = self.entry(key).map(|e| e.client.io.peer) else {
                 return false;
-            };
-            let kept = self.send(key, &bytes, keep);
-            let fin = Finished {
-                bytes_out: bytes.len() as u64,
-                ..Finished::new(outcome, kept)
             };
             let ctx = RequestCtx {
                 method: &head.method,
@@ -437,8 +432,7 @@ impl Front {
                 started,
                 queue_wait: Duration::ZERO,
             };
-            access_log::record(&self.shared, &ctx, &fin);
-            return kept;
+            return self.answer_here(key, &ctx, answer, outcome);
         }
         let Some(entry) = self.send_away(key) else {
             return false;
@@ -486,13 +480,8 @@ impl Front {
         let cfg = self.shared.config();
         let (key, peer) = (client.key(), client.io.peer);
         let body_done = head.framing == Framing::None;
-        let (bytes, keep) = forward::error_answer(&head, reason, &request_id, None, body_done);
+        let answer = forward::error_answer(&head, reason, &request_id, None, body_done);
         self.insert(key, Entry::waiting(client, &cfg, false));
-        let kept = self.send(key, &bytes, keep);
-        let fin = Finished {
-            bytes_out: bytes.len() as u64,
-            ..Finished::new(Outcome::Sluice(reason), kept)
-        };
         let ctx = RequestCtx {
             method: &head.method,
             target: &head.target,
@@ -501,8 +490,26 @@ impl Front {
             started,
             queue_wait: waited,
         };
-        access_log::record(&self.shared, &ctx, &fin);
+        let kept = self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
         drop(in_progress);
+        kept
+    }
+
+    /// Sends an answer sluice makes itself and records it (metrics, access log). True if the
+    /// connection is still here, ready for the next request.
+    fn answer_here(
+        &mut self,
+        key: usize,
+        ctx: &RequestCtx<'_>,
+        (bytes, keep): (Vec<u8>, bool),
+        outcome: Outcome,
+    ) -> bool {
+        let kept = self.send(key, &bytes, keep);
+        let fin = Finished {
+            bytes_out: bytes.len() as u64,
+            ..Finished::new(outcome, kept)
+        };
+        access_log::record(&self.shared, ctx, &fin);
         kept
     }
 
@@ -513,11 +520,6 @@ impl Front {
         };
         let request_id = headers::new_request_id();
         let bytes = write::error_response(reason, &request_id, None, true, false);
-        self.send(key, &bytes, false);
-        let fin = Finished {
-            bytes_out: bytes.len() as u64,
-            ..Finished::new(Outcome::Sluice(reason), false)
-        };
         let ctx = RequestCtx {
             method: "-",
             target: "-",
@@ -526,7 +528,7 @@ impl Front {
             started: Instant::now(),
             queue_wait: Duration::ZERO,
         };
-        access_log::record(&self.shared, &ctx, &fin);
+        self.answer_here(key, &ctx, (bytes, false), Outcome::Sluice(reason));
     }
 
     /// Writes an answer without blocking; what the socket does not take now goes out as it
