@@ -268,7 +268,7 @@ pub fn prometheus(shared: &Shared) -> String {
         &mut o,
         "sluice_worker_panics_total",
         "counter",
-        "Requests whose handling panicked (the worker survived).",
+        "Requests or connections whose handling panicked (the worker or the front end lived on).",
     );
     let _ = writeln!(
         o,

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -188,13 +189,24 @@ impl Front {
         Ok((front, back))
     }
 
+    /// Runs the loop on its own thread. Should the loop itself ever fail (a bug outside any one
+    /// connection's handling), the process exits with status 70 rather than live on without
+    /// serving anyone, so that a supervisor restarts it.
     pub fn spawn(self) -> io::Result<JoinHandle<()>> {
+        let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("sluice-front".into())
-            .spawn(move || self.run())
+            .spawn(move || {
+                let ran = catch_unwind(AssertUnwindSafe(|| self.run()));
+                if ran.is_err() || !shared.stopping() {
+                    crate::error!("the front end stopped; exiting so that sluice is restarted");
+                    std::process::exit(70);
+                }
+            })
     }
 
     fn run(mut self) {
+        let shared = self.shared.clone();
         let mut events = Events::with_capacity(512);
         let mut next_tick = Instant::now() + TICK;
         while !self.shared.stopping() {
@@ -221,19 +233,25 @@ impl Front {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => {
+                        guarded(&shared, || self.accept());
+                    }
                     WAKE => {}
-                    Token(key) => self.ready(key),
+                    Token(key) => {
+                        if !guarded(&shared, || self.ready(key)) {
+                            self.close(key);
+                        }
+                    }
                 }
             }
-            self.take_returns();
+            guarded(&shared, || self.take_returns());
             let now = Instant::now();
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
-                self.accept();
+                guarded(&shared, || self.accept());
             }
             if now >= next_tick {
-                self.tick(now);
+                guarded(&shared, || self.tick(now));
                 next_tick = now + TICK;
             }
         }
@@ -643,6 +661,17 @@ impl Front {
     }
 }
 
+/// Runs one step of the loop. A panic in it (a bug) costs at most the connection it concerned —
+/// the caller closes it — not the loop: it is logged and counted, and the loop goes on.
+fn guarded(shared: &Shared, step: impl FnOnce()) -> bool {
+    if catch_unwind(AssertUnwindSafe(step)).is_ok() {
+        return true;
+    }
+    shared.metrics.worker_panics.fetch_add(1, Relaxed);
+    crate::error!("front end panicked while handling a connection; that connection was closed");
+    false
+}
+
 /// Writes as much of `bytes` as the non-blocking socket takes now.
 fn write_some(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -693,4 +722,24 @@ fn options_star(head: &RequestHead) -> (Vec<u8>, bool) {
     }
     .to_bytes();
     (bytes, keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_step_is_contained_and_counted() {
+        let shared = Shared::new(Config {
+            target_host: "127.0.0.1".into(),
+            log_level: crate::config::LogLevel::Error,
+            ..Config::default()
+        });
+        assert!(guarded(&shared, || {}));
+        assert!(!guarded(&shared, || panic!(
+            "a bug in one connection's handling"
+        )));
+        assert!(guarded(&shared, || {}), "the next step runs as before");
+        assert_eq!(shared.metrics.worker_panics.load(Relaxed), 1);
+    }
 }
