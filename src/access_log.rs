@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::forward::Finished;
+use crate::http::parse::RequestHead;
 use crate::metrics::Outcome;
 use crate::state::Shared;
 
@@ -18,6 +19,26 @@ pub struct RequestCtx<'a> {
     pub peer: SocketAddr,
     pub started: Instant,
     pub queue_wait: Duration,
+}
+
+impl<'a> RequestCtx<'a> {
+    /// The context of a request whose head was read.
+    pub fn new(
+        head: &'a RequestHead,
+        request_id: &'a str,
+        peer: SocketAddr,
+        started: Instant,
+        queue_wait: Duration,
+    ) -> Self {
+        RequestCtx {
+            method: &head.method,
+            target: &head.target,
+            request_id,
+            peer,
+            started,
+            queue_wait,
+        }
+    }
 }
 
 /// Records a finished request in the metrics and the access log.

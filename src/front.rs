@@ -442,14 +442,7 @@ impl Front {
             let Some(peer) = self.entry(key).map(|e| e.client.io.peer) else {
                 return false;
             };
-            let ctx = RequestCtx {
-                method: &head.method,
-                target: &head.target,
-                request_id: &request_id,
-                peer,
-                started,
-                queue_wait: Duration::ZERO,
-            };
+            let ctx = RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO);
             return self.answer_here(key, &ctx, answer, outcome);
         }
         let Some(entry) = self.send_away(key) else {
@@ -500,14 +493,7 @@ impl Front {
         let body_done = head.framing == Framing::None;
         let answer = forward::error_answer(&head, reason, &request_id, None, body_done);
         self.insert(key, Entry::waiting(client, &cfg, false));
-        let ctx = RequestCtx {
-            method: &head.method,
-            target: &head.target,
-            request_id: &request_id,
-            peer,
-            started,
-            queue_wait: waited,
-        };
+        let ctx = RequestCtx::new(&head, &request_id, peer, started, waited);
         let kept = self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
         drop(in_progress);
         kept

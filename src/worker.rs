@@ -132,14 +132,7 @@ fn handle(shared: &Shared, job: Job, scratch: &mut [u8], back: &Back) {
     if let Some(a @ (Admit::Pass | Admit::Probe)) = admit {
         shared.record_verdict(verdict(fin.outcome), a == Admit::Probe);
     }
-    let ctx = RequestCtx {
-        method: &head.method,
-        target: &head.target,
-        request_id: rid,
-        peer: conn.peer,
-        started,
-        queue_wait: waited,
-    };
+    let ctx = RequestCtx::new(&head, rid, conn.peer, started, waited);
     access_log::record(shared, &ctx, &fin);
     // Before the hand-back, so the client's next request finds this worker free.
     drop((ticket, active, in_progress));
