@@ -8,6 +8,8 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use ureq::http::{self, HeaderMap, HeaderValue};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::{Agent, Body, SendBody, Timeout};
 
 use crate::config::Config;
@@ -20,6 +22,7 @@ use crate::metrics::Outcome;
 use crate::reason::Reason;
 use crate::retry::{self, AttemptFailure};
 use crate::state::Shared;
+use crate::upstream_tcp::UpstreamTcp;
 
 /// Size of the copy buffer each worker uses for response bodies.
 pub const COPY_BUFFER: usize = 32 * 1024;
@@ -35,7 +38,7 @@ impl Upstream {
     /// nothing injected, any method, separate connect and read timeouts, a pool sized for workers.
     pub fn new(cfg: &Config) -> Self {
         let pool = cfg.pool_maxsize.max(1);
-        let agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
             .max_redirects(0)
@@ -54,8 +57,9 @@ impl Upstream {
             .max_idle_age(Duration::from_secs(30))
             .input_buffer_size(64 * 1024)
             .output_buffer_size(32 * 1024)
-            .build()
-            .new_agent();
+            .build();
+        let connector = UpstreamTcp.chain(RustlsConnector::default());
+        let agent = Agent::with_parts(config, connector, DefaultResolver::default());
         Upstream {
             agent,
             base: cfg.target_base(),

@@ -25,6 +25,7 @@ pub mod retry;
 pub mod slot;
 pub mod state;
 pub mod test_upstream;
+pub mod upstream_tcp;
 pub mod worker;
 
 use std::io;

@@ -32,9 +32,12 @@ fn scripted_mix() -> (sluice::Running, sluice::test_upstream::TestUpstream) {
     }
     let addr = s.addr();
     let slow = std::thread::spawn(move || get(addr, "/slow?delay_ms=2500"));
-    assert!(eventually(Duration::from_secs(3), || metrics(addr)
-        ["active_requests"]
-        == 1));
+    // The slow request holds the one worker: the upstream has it, and it is the only one active
+    // (a worker may still be finishing the previous request for a moment after its response).
+    assert!(eventually(Duration::from_secs(3), || {
+        up.received().iter().any(|r| r.target.starts_with("/slow"))
+            && metrics(addr)["active_requests"] == 1
+    }));
     for _ in 0..2 {
         get(addr, "/rejected").assert_sluice_error(503, "queue_full");
     }
@@ -317,9 +320,12 @@ fn admin_endpoints_answer_while_the_breaker_is_open_and_the_queue_is_full() {
     });
     let addr = s.addr();
     let slow = std::thread::spawn(move || get(addr, "/slow?delay_ms=2000"));
-    assert!(eventually(Duration::from_secs(3), || metrics(addr)
-        ["active_requests"]
-        == 1));
+    // The slow request holds the one worker: the upstream has it, and it is the only one active
+    // (a worker may still be finishing the previous request for a moment after its response).
+    assert!(eventually(Duration::from_secs(3), || {
+        up.received().iter().any(|r| r.target.starts_with("/slow"))
+            && metrics(addr)["active_requests"] == 1
+    }));
     get(addr, "/x").assert_sluice_error(503, "queue_full");
     for path in [
         "/proxy-health",

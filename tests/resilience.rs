@@ -207,6 +207,39 @@ fn stale_pooled_connections_are_retried_transparently() {
     );
 }
 
+/// The pool's liveness probe: a connection the upstream closed while idle is never used again —
+/// here for a POST, which may not be retried once sent, so a missed close would be a 502.
+#[test]
+fn a_pooled_connection_the_upstream_closed_is_not_used_for_a_post() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_concurrent_requests = 1);
+    for i in 0..10 {
+        let first = send(
+            s.addr(),
+            format!(
+                "POST /first{i}?drop_after=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(first.status, 200, "round {i}");
+        std::thread::sleep(Duration::from_millis(50)); // the upstream's close reaches sluice
+        let second = send(
+            s.addr(),
+            format!("POST /second{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nho")
+                .as_bytes(),
+        );
+        assert_eq!(second.status, 200, "round {i}: {second:?}");
+    }
+    let m = metrics(s.addr());
+    assert_eq!(
+        m["upstream_attempts"], 20,
+        "no attempt went to a closed connection"
+    );
+    // Each round's first POST reuses the previous round's connection, which the upstream then
+    // drops; each second POST needs a new one: 1 + 10.
+    assert_eq!(up.connection_count(), 11);
+}
+
 #[test]
 fn retry_budget_bounds_amplification_against_a_failing_upstream() {
     let up = upstream();

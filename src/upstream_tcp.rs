@@ -1,0 +1,214 @@
+//! The TCP transport of the upstream agent: what ureq's own does (connect under the connect
+//! timeout, Nagle off, reads and writes under ureq's timeouts, EINTR retried) with a cheaper
+//! liveness probe. ureq probes a pooled connection when it is put back and again when it is taken,
+//! each time by switching the socket to non-blocking, reading one byte and switching back: six
+//! syscalls per request. Here each probe is one `recv(MSG_PEEK | MSG_DONTWAIT)`. Socket timeouts
+//! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
+//! changes on every request); see `keep_close`.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use socket2::SockRef;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
+};
+use ureq::{Error, Timeout};
+
+/// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
+#[derive(Debug, Default)]
+pub struct UpstreamTcp;
+
+impl Connector<()> for UpstreamTcp {
+    type Out = TcpConn;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        _chained: Option<()>,
+    ) -> Result<Option<TcpConn>, Error> {
+        let timeout = details.timeout.not_zero().map(|t| *t);
+        let mut last = None;
+        for addr in details.addrs.iter() {
+            let connected = match timeout {
+                Some(t) => TcpStream::connect_timeout(addr, t),
+                None => TcpStream::connect(addr),
+            };
+            match connected {
+                Ok(stream) => {
+                    if details.config.no_delay() {
+                        stream.set_nodelay(true)?;
+                    }
+                    let buffers = LazyBuffers::new(
+                        details.config.input_buffer_size(),
+                        details.config.output_buffer_size(),
+                    );
+                    let conn = TcpConn {
+                        stream: Arc::new(Sock(stream)),
+                        buffers,
+                        read_timeout: None,
+                        write_timeout: None,
+                    };
+                    let handle = Arc::downgrade(&conn.stream) as Weak<dyn ShutdownHandle>;
+                    (details.register_shutdown)(handle)?;
+                    return Ok(Some(conn));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    last = Some(Error::Timeout(Timeout::Connect));
+                }
+                Err(e) => last = Some(Error::Io(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Io(io::ErrorKind::ConnectionRefused.into())))
+    }
+}
+
+/// The socket, shared (weakly) with ureq's shutdown handle.
+struct Sock(TcpStream);
+
+impl ShutdownHandle for Sock {
+    fn shutdown(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+pub struct TcpConn {
+    stream: Arc<Sock>,
+    buffers: LazyBuffers,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for TcpConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpConn")
+            .field("peer", &self.stream.0.peer_addr().ok())
+            .finish()
+    }
+}
+
+/// The socket timeout for what is left of `timeout`: `Err` if nothing is left.
+fn left(timeout: NextTimeout) -> Result<Option<Duration>, Error> {
+    if timeout.after.is_zero() {
+        return Err(Error::Timeout(timeout.reason));
+    }
+    Ok(timeout.not_zero().map(|t| *t))
+}
+
+/// Sets a socket timeout unless the one set already lies between `want` and 1 % above it. A new
+/// value is set 0.5 % above `want`, so the next requests' slightly different wants still fit and
+/// cost no syscall. A timeout may fire up to 1 % late, never early.
+fn keep_close(
+    current: &mut Option<Duration>,
+    want: Option<Duration>,
+    set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+) -> io::Result<()> {
+    let fits = match (*current, want) {
+        (Some(c), Some(w)) => c >= w && c - w <= w / 100,
+        (c, w) => c == w,
+    };
+    if !fits {
+        let value = want.map(|w| w + w / 200);
+        set(value)?;
+        *current = value;
+    }
+    Ok(())
+}
+
+fn timed_out(e: io::Error, reason: Timeout) -> Error {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::Timeout(reason),
+        _ => Error::Io(e),
+    }
+}
+
+impl Transport for TcpConn {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
+        let timeout = timeout.for_write();
+        let want = left(timeout)?;
+        let sock = &self.stream.0;
+        keep_close(&mut self.write_timeout, want, |t| sock.set_write_timeout(t))?;
+        let output = &self.buffers.output()[..amount];
+        (&self.stream.0)
+            .write_all(output)
+            .map_err(|e| timed_out(e, timeout.reason))
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        let timeout = timeout.for_read();
+        let want = left(timeout)?;
+        let sock = &self.stream.0;
+        keep_close(&mut self.read_timeout, want, |t| sock.set_read_timeout(t))?;
+        let input = self.buffers.input_append_buf();
+        let n = loop {
+            match (&self.stream.0).read(input) {
+                // Linux does not restart a socket read with a timeout after a signal.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| timed_out(e, timeout.reason))?,
+            }
+        };
+        self.buffers.input_appended(n);
+        Ok(n > 0)
+    }
+
+    /// Open means: nothing to read and no end of stream. Any byte the upstream sent unasked, or
+    /// its close, makes the connection unfit for another request.
+    fn is_open(&mut self) -> bool {
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+        match SockRef::from(&self.stream.0).recv_with_flags(&mut probe, flags) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(_) => false, // data (garbage) or 0 (closed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_set_again_only_when_it_would_fire_early_or_over_one_percent_late() {
+        let secs = Duration::from_secs;
+        let mut current = None;
+        let mut sets = Vec::new();
+        for want in [
+            Some(secs(300)),                      // set to 301.5 s
+            Some(Duration::from_millis(299_990)), // fits
+            Some(Duration::from_millis(300_010)), // fits
+            Some(secs(302)),                      // 301.5 would fire early: set
+            Some(secs(200)),                      // 303.5 is over 1 % late: set
+            None,                                 // no timeout: set
+            None,                                 // fits
+        ] {
+            keep_close(&mut current, want, |t| {
+                sets.push(t);
+                Ok(())
+            })
+            .unwrap();
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(
+            sets,
+            [
+                Some(ms(301_500)),
+                Some(ms(303_510)),
+                Some(ms(201_000)),
+                None
+            ]
+        );
+    }
+}
