@@ -165,6 +165,29 @@ fn one_gib_streams_both_ways_in_bounded_memory() {
     assert!(peak > 0 && peak < 32 * 1024, "peak RSS {peak} KiB");
 }
 
+/// A second sluice on a port the first holds must fail loudly, not share the port with it.
+#[test]
+fn a_second_sluice_on_the_same_port_exits_1_with_address_in_use() {
+    let up = upstream();
+    let first = Proc::in_front_of(up.port(), &[]);
+    let port = first.addr.port().to_string();
+    let target = up.port().to_string();
+    let out = sluice_cmd(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--target-host",
+        "127.0.0.1",
+        "--target-port",
+        &target,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Address already in use"), "{err}");
+    assert_eq!(get(first.addr, "/still-the-first").status, 200);
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let up = upstream();
