@@ -282,19 +282,7 @@ impl Proc {
 
     /// Starts the sluice binary on a free loopback port in front of `upstream_port`.
     pub fn in_front_of(upstream_port: u16, extra: &[&str]) -> Proc {
-        let port = upstream_port.to_string();
-        let mut args = vec![
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--target-host",
-            "127.0.0.1",
-            "--target-port",
-            &port,
-        ];
-        args.extend_from_slice(extra);
-        Self::start(&args)
+        Self::start_with(&mut command_in_front_of(upstream_port, extra))
     }
 
     pub fn start_with(cmd: &mut Command) -> Proc {
@@ -303,20 +291,7 @@ impl Proc {
 
     /// Like `in_front_of`, with stdout kept for `stdout_after_kill` (the access log).
     pub fn in_front_of_keeping_stdout(upstream_port: u16, extra: &[&str]) -> Proc {
-        let port = upstream_port.to_string();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--target-host",
-            "127.0.0.1",
-        ])
-        .args(["--target-port", &port])
-        .args(extra)
-        .stdout(Stdio::piped());
-        Self::spawn(&mut cmd)
+        Self::spawn(command_in_front_of(upstream_port, extra).stdout(Stdio::piped()))
     }
 
     /// Kills the process and returns everything it wrote to stdout.
@@ -408,4 +383,14 @@ pub fn status_field(pid: u32, field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The sluice binary's command line for a free loopback port in front of `upstream_port`.
+pub fn command_in_front_of(upstream_port: u16, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["--host", "127.0.0.1", "--port", "0"])
+        .args(["--target-host", "127.0.0.1"])
+        .args(["--target-port", &upstream_port.to_string()])
+        .args(extra);
+    cmd
 }
