@@ -11,7 +11,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 build() {
   local stale=0
   for bin in "$@"; do
-    if [[ ! -x target/release/$bin ]] || [[ -n "$(find src Cargo.toml Cargo.lock -newer "target/release/$bin" -print -quit 2>/dev/null)" ]]; then
+    if [[ ! -x target/release/$bin ]] || [[ -n "$(find src tools Cargo.toml Cargo.lock -newer "target/release/$bin" -print -quit 2>/dev/null)" ]]; then
       stale=1
     fi
   done

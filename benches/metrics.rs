@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice::metrics::{Metrics, Outcome};
+use sluice::observe::metrics::{Metrics, Outcome};
 
 fn per_record(threads: usize, each: u64) -> f64 {
     let m = Metrics::new();

@@ -1,49 +1,48 @@
 //! sluice: a small, fast, dependable HTTP/1.1 reverse proxy for one upstream.
 //!
-//! `start(Config)` binds the listener and starts the acceptor and the worker pool; the returned
-//! `Running` reports the bound address and drains or stops the proxy. DESIGN.md §1 draws the
-//! shape: front end (accepts, reads heads: one event loop) → bounded queue → workers → one
-//! shared ureq agent.
+//! `start(Config)` binds the listener and starts the front end and the worker pool; the
+//! returned `Running` reports the bound address, reloads settings, and drains or stops the
+//! proxy. A request's path, which is also the layout of this crate (docs/ARCHITECTURE.md):
+//!
+//! ```text
+//! front/ (event loop: accept, read heads, local answers, admin)
+//!   → pool/ (hand-off types, bounded queue, slot, worker threads)
+//!     → upstream/ (one ureq agent over sluice's transport, attempts, relay)
+//! ```
+//! beside `http/` (wire format), `policy/` (pure decisions), `observe/` (metrics, logs),
+//! `config/` (settings), and `state.rs`, the ground floor every thread shares.
 
-pub mod access_log;
-pub mod admin;
-pub mod admission;
-pub mod breaker;
-pub mod client;
 pub mod config;
-pub mod forward;
-pub mod front;
-pub mod headers;
 pub mod http;
-pub mod load;
-pub mod log;
-pub mod metrics;
-pub mod queue;
-pub mod rand;
-pub mod reason;
-pub mod retry;
-pub mod slot;
-pub mod state;
-pub mod test_upstream;
-pub mod upstream_tcp;
-pub mod worker;
+pub mod observe;
+
+mod front;
+mod policy;
+mod pool;
+mod rand;
+mod state;
+mod upstream;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use config::Config;
+use pool::handoff::Back;
+use pool::queue::Queue;
+use pool::worker::Pool;
 use state::Shared;
+use upstream::agent::UpstreamClient;
 
 /// A started proxy.
 pub struct Running {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    upstream: Arc<UpstreamClient>,
     front: Option<JoinHandle<()>>,
-    back: front::Back,
+    back: Back,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -60,14 +59,22 @@ pub fn start(config: Config) -> io::Result<Running> {
         })?;
     let listener = listen(addr)?;
     let addr = listener.local_addr()?;
-    log::set_level(config.log_level);
+    observe::log::set_level(config.log_level);
+    let upstream = Arc::new(UpstreamClient::new(&config));
     let shared = Arc::new(Shared::new(config));
-    let (front, back) = front::Front::new(shared.clone(), listener)?;
-    let workers = worker::spawn(&shared, &back);
+    let queue = Arc::new(Queue::new(shared.admission.capacity()));
+    let (front, back) = front::Front::new(shared.clone(), queue.clone(), listener)?;
+    let workers = pool::worker::spawn(&Pool {
+        shared: shared.clone(),
+        queue,
+        upstream: upstream.clone(),
+        back: back.clone(),
+    });
     let front = front.spawn()?;
     Ok(Running {
         addr,
         shared,
+        upstream,
         front: Some(front),
         back,
         workers,
@@ -95,12 +102,17 @@ impl Running {
         self.addr
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub fn metrics(&self) -> &observe::metrics::Metrics {
+        &self.shared.metrics
     }
 
-    pub fn metrics(&self) -> &metrics::Metrics {
-        &self.shared.metrics
+    /// Applies a re-read config to new requests (SIGHUP). Returns the keys whose change needs
+    /// a restart; those keep their running values.
+    pub fn reload(&self, new: Config) -> Vec<&'static str> {
+        let old = self.shared.config();
+        let (kept, fixed) = self.shared.reconfigure(new);
+        self.upstream.reconfigure(&old, &kept);
+        fixed
     }
 
     /// Stops accepting; health turns 503 `draining`; new requests on open connections get 503

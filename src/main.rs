@@ -79,7 +79,7 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    sluice::log::always(
+    sluice::observe::log::always(
         sluice::config::LogLevel::Info,
         format_args!(
             "sluice {} listening on {} -> {} (workers={} queue={} queue_timeout={}s connect_timeout={}s read_timeout={}s retries={} breaker={}/{}s)",
@@ -123,7 +123,7 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
                     warn!("grace period over with requests still in flight; exiting");
                 }
                 std::thread::sleep(Duration::from_millis(50));
-                sluice::log::always(
+                sluice::observe::log::always(
                     sluice::config::LogLevel::Info,
                     format_args!("drained; exiting"),
                 );
@@ -137,7 +137,7 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
 fn reload(flags: &Flags, running: &sluice::Running) {
     match config::reload(flags) {
         Ok(new) => {
-            let fixed = running.shared().reconfigure(new);
+            let fixed = running.reload(new);
             info!("SIGHUP: config reloaded");
             if !fixed.is_empty() {
                 warn!(

@@ -1,5 +1,7 @@
-//! The state every thread shares: current settings (swappable on SIGHUP), the upstream client,
-//! the breaker, the retry budget, metrics, the queue's sending end and the lifecycle flags.
+//! The ground floor: the state every thread shares — current settings (swappable on SIGHUP),
+//! the breaker, the retry budget, admission, metrics and the lifecycle flags. It imports no
+//! stage (`front`, `pool`, `upstream`); the queue and the upstream client belong to the stages
+//! that use them (docs/ARCHITECTURE.md "Threads and what they own").
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -7,22 +9,19 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::admission::Admission;
-use crate::breaker::{Admit, Breaker, State, Transition, Verdict};
 use crate::config::Config;
-use crate::forward::Upstream;
-use crate::metrics::Metrics;
-use crate::queue::Queue;
-use crate::retry::RetryBudget;
-use crate::worker::Job;
+use crate::observe::access_log::{self, RequestCtx};
+use crate::observe::metrics::Metrics;
+use crate::policy::admission::Admission;
+use crate::policy::breaker::{Admit, Breaker, State, Transition, Verdict};
+use crate::policy::outcome::Finished;
+use crate::policy::retry::RetryBudget;
 
 pub struct Shared {
     config: RwLock<Arc<Config>>,
-    upstream: RwLock<Arc<Upstream>>,
     pub metrics: Metrics,
     breaker: Mutex<Breaker>,
     pub budget: Mutex<RetryBudget>,
-    pub queue: Queue<Job>,
     pub admission: Admission,
     /// Fixed at start: worker threads and queue capacity (changing them needs a restart).
     pub workers: usize,
@@ -41,13 +40,11 @@ impl Shared {
         let now = Instant::now();
         let admission = Admission::new(config.max_concurrent_requests, config.max_queue_size);
         Shared {
-            upstream: RwLock::new(Arc::new(Upstream::new(&config))),
             breaker: Mutex::new(Breaker::new(
                 config.circuit_breaker_threshold,
                 config.circuit_breaker_timeout,
             )),
             budget: Mutex::new(RetryBudget::standard(now)),
-            queue: Queue::new(admission.capacity()),
             admission,
             workers: config.max_concurrent_requests,
             queue_capacity: config.max_queue_size,
@@ -64,45 +61,24 @@ impl Shared {
         self.config.read().clone()
     }
 
-    pub fn upstream(&self) -> Arc<Upstream> {
-        self.upstream.read().clone()
-    }
-
-    /// Applies a re-read config to new requests. Returns the keys that need a restart to change.
-    pub fn reconfigure(&self, new: Config) -> Vec<&'static str> {
+    /// Applies a re-read config to new requests; settings that need a restart keep their
+    /// running values. Returns the effective config and the keys whose change was not applied.
+    pub fn reconfigure(&self, new: Config) -> (Arc<Config>, Vec<&'static str>) {
         let old = self.config();
-        let mut fixed = Vec::new();
-        for (key, same) in [
-            ("host", old.host == new.host),
-            ("port", old.port == new.port),
-            (
-                "max_concurrent_requests",
-                old.max_concurrent_requests == new.max_concurrent_requests,
-            ),
-            ("max_queue_size", old.max_queue_size == new.max_queue_size),
-        ] {
-            if !same {
-                fixed.push(key);
-            }
-        }
         let mut kept = new;
-        kept.host = old.host.clone();
-        kept.port = old.port;
-        kept.max_concurrent_requests = old.max_concurrent_requests;
-        kept.max_queue_size = old.max_queue_size;
-        let upstream_changed = kept.target_base() != old.target_base()
-            || kept.connect_timeout != old.connect_timeout
-            || kept.read_timeout != old.read_timeout
-            || kept.pool_maxsize != old.pool_maxsize;
-        if upstream_changed {
-            *self.upstream.write() = Arc::new(Upstream::new(&kept));
-        }
+        let fixed = kept.keep_restart_only(&old);
         self.breaker
             .lock()
             .reconfigure(kept.circuit_breaker_threshold, kept.circuit_breaker_timeout);
-        crate::log::set_level(kept.log_level);
-        *self.config.write() = Arc::new(kept);
-        fixed
+        crate::observe::log::set_level(kept.log_level);
+        let kept = Arc::new(kept);
+        *self.config.write() = kept.clone();
+        (kept, fixed)
+    }
+
+    /// Records a finished request: metrics, and the access log when it is on.
+    pub fn finish(&self, ctx: &RequestCtx<'_>, fin: &Finished) {
+        access_log::record(&self.metrics, self.config().access_log, ctx, fin);
     }
 
     pub fn draining(&self) -> bool {
@@ -134,8 +110,19 @@ impl Shared {
         self.breaker.lock().open_for(Instant::now())
     }
 
+    /// Reports, once, what an admitted request tells the breaker (`probe`: it is the half-open
+    /// probe). Dropped unreported (an early refusal, a panic), it reports `Neutral`, so a probe
+    /// slot is never left taken.
+    pub fn verdict_report(&self, probe: bool) -> VerdictReport<'_> {
+        VerdictReport {
+            shared: self,
+            probe,
+            sent: None,
+        }
+    }
+
     /// Tells the breaker how an admitted request ended.
-    pub fn record_verdict(&self, verdict: Verdict, probe: bool) {
+    fn record_verdict(&self, verdict: Verdict, probe: bool) {
         let t = self.breaker.lock().record(Instant::now(), verdict, probe);
         self.note(t);
     }
@@ -179,11 +166,6 @@ impl Shared {
     pub fn requests_in_progress(&self) -> i64 {
         self.in_progress.load(Relaxed)
     }
-
-    /// Requests waiting in the queue.
-    pub fn queue_size(&self) -> usize {
-        self.queue.len()
-    }
 }
 
 /// A consistent read of the breaker for metrics and health.
@@ -193,6 +175,43 @@ pub struct BreakerView {
     pub consecutive_failures: u32,
     pub times_opened: u64,
     pub since_transition: Option<f64>,
+}
+
+/// The breaker's verdict on one admitted request, reported as soon as it is known — when the
+/// response head arrives or the last attempt fails — not when the client has taken the whole
+/// response: a slow client can then neither hold the breaker half-open nor race its next
+/// request past a verdict not yet recorded.
+pub struct VerdictReport<'a> {
+    shared: &'a Shared,
+    probe: bool,
+    sent: Option<Verdict>,
+}
+
+impl VerdictReport<'_> {
+    /// The verdict. Only the first counts as this request's (and its probe's); a later
+    /// failure after a first verdict that was not one — the upstream broke off the body after a
+    /// good head — is recorded as one more failure.
+    pub fn report(&mut self, verdict: Verdict) {
+        match self.sent {
+            None => {
+                self.sent = Some(verdict);
+                self.shared.record_verdict(verdict, self.probe);
+            }
+            Some(first) if first != Verdict::Failure && verdict == Verdict::Failure => {
+                self.sent = Some(verdict);
+                self.shared.record_verdict(verdict, false);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+impl Drop for VerdictReport<'_> {
+    fn drop(&mut self) {
+        if self.sent.is_none() {
+            self.shared.record_verdict(Verdict::Neutral, self.probe);
+        }
+    }
 }
 
 /// A request counted in `Shared::requests_in_progress`; it travels with the request.

@@ -1,9 +1,9 @@
-//! Forwarding rules end to end (DESIGN.md §5): what the upstream received and what the client got.
+//! Forwarding rules end to end (README "What sluice does with a request"): what the upstream received and what the client got.
 
 mod common;
 
 use common::*;
-use sluice::test_upstream::pattern_byte;
+use sluice_tools::upstream::pattern_byte;
 
 #[test]
 fn every_method_including_extension_methods_is_forwarded() {

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 
 /// Runs a scripted mix and returns the sluice it ran on (and its upstream).
-fn scripted_mix() -> (sluice::Running, sluice::test_upstream::TestUpstream) {
+fn scripted_mix() -> (sluice::Running, sluice_tools::upstream::TestUpstream) {
     let up = upstream();
     let s = sluice(up.port(), |c| {
         c.max_concurrent_requests = 1;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sluice::test_upstream::pattern_byte;
+use sluice_tools::upstream::pattern_byte;
 
 fn sluice_cmd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -111,7 +111,7 @@ fn help_lists_every_setting() {
 
 #[test]
 fn one_gib_streams_both_ways_in_bounded_memory() {
-    let up = sluice::test_upstream::TestUpstream::start_on("127.0.0.1:0", true).unwrap();
+    let up = sluice_tools::upstream::TestUpstream::start_on("127.0.0.1:0", true).unwrap();
     let p = Proc::in_front_of(up.port(), &[]);
     const GIB: u64 = 1 << 30;
 

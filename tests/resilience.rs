@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sluice::test_upstream::TestUpstream;
+use sluice_tools::upstream::TestUpstream;
 
 #[test]
 fn breaker_opens_answers_fast_probes_once_and_closes_on_recovery() {

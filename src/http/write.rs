@@ -1,10 +1,8 @@
-//! Response bytes for clients: status lines and headers, the responses sluice makes itself
-//! (DESIGN.md §4, a JSON body and `X-Sluice-Error`), and body framing (length, chunked, close).
-//! Builds bytes in buffers so that a head goes out in one write.
+//! Response bytes for clients: status lines and headers, small complete responses, and body
+//! framing (length, chunked, close). Builds bytes in buffers so that a head goes out in one
+//! write. sluice's own error answers are built from these in `answer.rs`.
 
 use std::io::{self, Write};
-
-use crate::reason::Reason;
 
 /// Canonical reason phrase (ureq does not keep the upstream's).
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -101,48 +99,6 @@ impl Simple<'_> {
     }
 }
 
-/// The JSON error body of DESIGN.md §4.
-pub fn error_body(reason: Reason, request_id: &str) -> String {
-    serde_json::json!({
-        "error": reason.as_str(),
-        "message": reason.message(),
-        "request_id": request_id,
-    })
-    .to_string()
-}
-
-/// A response sluice makes itself for `reason`, with `X-Sluice-Error`, `X-Request-Id` and, on
-/// every 503, `Retry-After`.
-pub fn error_response(
-    reason: Reason,
-    request_id: &str,
-    retry_after_secs: Option<u64>,
-    close: bool,
-    http10: bool,
-) -> Vec<u8> {
-    let body = error_body(reason, request_id);
-    let retry = retry_after_secs
-        .or((reason.status() == 503).then_some(1))
-        .map(|s| s.max(1).to_string());
-    let mut extra: Vec<(&str, &str)> = vec![("X-Sluice-Error", reason.as_str())];
-    if !request_id.is_empty() {
-        extra.push(("X-Request-Id", request_id));
-    }
-    if let Some(r) = &retry {
-        extra.push(("Retry-After", r));
-    }
-    Simple {
-        status: reason.status(),
-        content_type: "application/json",
-        body: body.as_bytes(),
-        extra: &extra,
-        close,
-        http10,
-        head_only: false,
-    }
-    .to_bytes()
-}
-
 /// How a response body is delimited on the client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -208,31 +164,6 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_response_carries_reason_everywhere() {
-        let bytes = error_response(Reason::QueueFull, "abc", None, false, false);
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
-        assert!(text.contains("X-Sluice-Error: queue_full\r\n"));
-        assert!(text.contains("Retry-After: 1\r\n"));
-        assert!(text.contains("X-Request-Id: abc\r\n"));
-        let body = text.split("\r\n\r\n").nth(1).unwrap();
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["error"], "queue_full");
-        assert_eq!(v["request_id"], "abc");
-        let text = String::from_utf8(error_response(
-            Reason::UpstreamTimeout,
-            "",
-            None,
-            true,
-            true,
-        ))
-        .unwrap();
-        assert!(text.starts_with("HTTP/1.0 504 Gateway Timeout\r\n"));
-        assert!(!text.contains("Retry-After"));
-        assert!(text.contains("Connection: close\r\n"));
-    }
 
     #[test]
     fn chunk_piece_is_framed_in_place() {

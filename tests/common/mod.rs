@@ -7,8 +7,21 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice::test_upstream::TestUpstream;
 use sluice::{Config, Running};
+use sluice_tools::upstream::TestUpstream;
+
+/// The `sluice` binary: Cargo names it for this package's tests; the tooling crate's tests
+/// (which share these helpers) find it beside their own executable's folder.
+pub fn sluice_bin() -> std::path::PathBuf {
+    match option_env!("CARGO_BIN_EXE_sluice") {
+        Some(p) => p.into(),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            let deps = exe.parent().expect("deps folder");
+            deps.parent().expect("profile folder").join("sluice")
+        }
+    }
+}
 
 pub fn upstream() -> TestUpstream {
     TestUpstream::start().expect("start test upstream")
@@ -92,7 +105,7 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// Asserts one of sluice's own error responses (DESIGN.md §4).
+    /// Asserts one of sluice's own error responses (README "Responses sluice makes itself").
     pub fn assert_sluice_error(&self, status: u16, reason: &str) {
         assert_eq!(self.status, status, "{self:?}");
         assert_eq!(self.header("x-sluice-error"), Some(reason), "{self:?}");
@@ -277,7 +290,7 @@ impl Proc {
     /// Starts the sluice binary with `args` (add `--port 0 --host 127.0.0.1`) and waits until
     /// it listens.
     pub fn start(args: &[&str]) -> Proc {
-        Self::start_with(Command::new(env!("CARGO_BIN_EXE_sluice")).args(args))
+        Self::start_with(Command::new(sluice_bin()).args(args))
     }
 
     /// Starts the sluice binary on a free loopback port in front of `upstream_port`.
@@ -387,7 +400,7 @@ pub fn status_field(pid: u32, field: &str) -> u64 {
 
 /// The sluice binary's command line for a free loopback port in front of `upstream_port`.
 pub fn command_in_front_of(upstream_port: u16, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut cmd = Command::new(sluice_bin());
     cmd.args(["--host", "127.0.0.1", "--port", "0"])
         .args(["--target-host", "127.0.0.1"])
         .args(["--target-port", &upstream_port.to_string()])

@@ -1,0 +1,182 @@
+//! Answers the front end gives without a worker, and the one place that decides them: admin
+//! paths, `OPTIONS *`, a draining sluice and an open breaker (`policy/refusal.rs`), a full
+//! queue, a queue time run out, a head that could not be read (400/408/414/431) and the
+//! connection cap. Every other request is parked in a slot and queued for a worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conns::{write_some, Entry};
+use super::{admin, Front};
+use crate::config::Config;
+use crate::http::answer::{self, Answer};
+use crate::http::parse::{Framing, RequestHead};
+use crate::http::write;
+use crate::observe::access_log::RequestCtx;
+use crate::policy::connection::keep_alive;
+use crate::policy::headers;
+use crate::policy::outcome::{Finished, Outcome};
+use crate::policy::reason::Reason;
+use crate::policy::refusal::{refusal, Gate};
+use crate::pool::handoff::{Client, Job, Parked};
+use crate::pool::slot::Slot;
+use crate::state::Shared;
+
+impl Front {
+    /// Handles one request head. True if the connection is still here, ready for the next one.
+    pub(super) fn request(&mut self, key: usize, head: RequestHead, cfg: &Config) -> bool {
+        let started = Instant::now();
+        if admin::is_admin(&head) {
+            let (bytes, keep) = admin::answer(&self.shared, self.queue.len(), &head);
+            return self.send(key, &bytes, keep);
+        }
+        let in_progress = self.shared.begin_request();
+        let request_id = headers::request_id(&head);
+        let body_done = head.framing == Framing::None;
+        let gate = Gate {
+            draining: self.shared.draining(),
+            queue_timeout: cfg.queue_timeout,
+            breaker_open_for: self.shared.breaker_open_for(),
+            ..Gate::default()
+        };
+        // Answered here, with no worker: `OPTIONS *`, a draining sluice, an open breaker.
+        let local = if head.path == "*" {
+            Some((options_star(&head), Outcome::Upstream(200)))
+        } else {
+            refusal(&gate).map(|r| {
+                let a = answer::error(&head, r.reason, &request_id, r.retry_after, body_done);
+                (a, Outcome::Sluice(r.reason))
+            })
+        };
+        if let Some((answer, outcome)) = local {
+            let Some(peer) = self.entry(key).map(|e| e.client.io.peer) else {
+                return false;
+            };
+            let ctx = RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO);
+            return self.answer_here(key, &ctx, answer, outcome);
+        }
+        let Some(entry) = self.send_away(key) else {
+            return false;
+        };
+        let slot = Arc::new(Slot::new(Parked {
+            client: entry.client,
+            head,
+            request_id,
+            started,
+            in_progress,
+        }));
+        if let Some(ticket) = self.shared.admission.try_enter() {
+            let job = Job {
+                slot: slot.clone(),
+                ticket,
+            };
+            if self.queue.try_push(job).is_ok() {
+                // Claimed entries at the front are dropped as new ones come in.
+                while self.queued.front().is_some_and(|(_, s)| s.is_taken()) {
+                    self.queued.pop_front();
+                }
+                self.queued.push_back((started + cfg.queue_timeout, slot));
+                return false;
+            }
+        }
+        match slot.take() {
+            Some(parked) => self.answer_parked(parked, Reason::QueueFull, Duration::ZERO),
+            None => false,
+        }
+    }
+
+    /// Answers a request that no worker will serve (queue full, queue time run out) and takes
+    /// its connection back. True if the connection is still here, ready for the next request.
+    pub(super) fn answer_parked(
+        &mut self,
+        parked: Parked,
+        reason: Reason,
+        waited: Duration,
+    ) -> bool {
+        let Parked {
+            client,
+            head,
+            request_id,
+            started,
+            in_progress,
+        } = parked;
+        let cfg = self.shared.config();
+        let (key, peer) = (client.key(), client.io.peer);
+        let body_done = head.framing == Framing::None;
+        let answer = answer::error(&head, reason, &request_id, None, body_done);
+        self.insert(key, Entry::waiting(client, &cfg, false));
+        let ctx = RequestCtx::new(&head, &request_id, peer, started, waited);
+        let kept = self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
+        drop(in_progress);
+        kept
+    }
+
+    /// Sends an answer sluice makes itself and records it (metrics, access log). True if the
+    /// connection is still here, ready for the next request.
+    pub(super) fn answer_here(
+        &mut self,
+        key: usize,
+        ctx: &RequestCtx<'_>,
+        answer: Answer,
+        outcome: Outcome,
+    ) -> bool {
+        let kept = self.send(key, &answer.bytes, answer.keep);
+        let fin = Finished {
+            bytes_out: answer.bytes.len() as u64,
+            ..Finished::new(outcome, kept)
+        };
+        self.shared.finish(ctx, &fin);
+        kept
+    }
+
+    /// A head that could not be read: 400/408/414/431, then close.
+    pub(super) fn refuse_head(&mut self, key: usize, reason: Reason) {
+        let Some(peer) = self.entry(key).map(|e| e.client.io.peer) else {
+            return;
+        };
+        let request_id = headers::new_request_id();
+        let bytes = answer::error_response(reason, &request_id, None, true, false, false);
+        let ctx = RequestCtx {
+            method: "-",
+            target: "-",
+            request_id: &request_id,
+            peer,
+            started: Instant::now(),
+            queue_wait: Duration::ZERO,
+        };
+        let answer = Answer { bytes, keep: false };
+        self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
+    }
+}
+
+/// Over the connection cap: a best-effort 503 without blocking, then close.
+pub(super) fn refuse_connection(shared: &Shared, client: Client) {
+    let started = Instant::now();
+    let reason = Reason::TooManyConnections;
+    let bytes =
+        answer::error_response(reason, &headers::new_request_id(), None, true, false, false);
+    let _ = client.io.stream().set_nonblocking(true);
+    let _ = write_some(client.io.stream(), &bytes);
+    shared
+        .metrics
+        .record(Outcome::Sluice(reason), started.elapsed());
+}
+
+/// `OPTIONS *` asks about the server itself: sluice answers it (it cannot be sent as a URI).
+fn options_star(head: &RequestHead) -> Answer {
+    let keep = keep_alive(head, head.framing == Framing::None, false);
+    let bytes = write::Simple {
+        status: 200,
+        content_type: "text/plain",
+        body: b"",
+        extra: &[(
+            "Allow",
+            "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE",
+        )],
+        close: !keep,
+        http10: head.http10,
+        head_only: false,
+    }
+    .to_bytes();
+    Answer { bytes, keep }
+}

@@ -1,0 +1,368 @@
+//! The front end: one thread running an event loop (mio, i.e. epoll). It accepts client
+//! connections (capped at `max_connections`; an `accept()` error such as EMFILE pauses accepting,
+//! never ends it), reads request heads from every connection that has no request in a worker —
+//! without blocking, so an idle or slow client costs a socket, not a thread — and answers what
+//! needs no worker: admin paths, `OPTIONS *`, bad heads (400/408/414/431), a draining sluice, an
+//! open breaker, a full queue, a request whose time in the queue ran out. Every other request
+//! goes onto the bounded queue for the worker pool; a worker hands a kept-alive connection back.
+//!
+//! Deadlines (idle, header, queue, a stalled answer) are checked every `TICK`.
+//!
+//! Here: the loop, accepting, reading heads, deadlines. The connection table and the
+//! non-blocking writer are in `conns.rs`, the answers given without a worker in `local.rs`,
+//! the admin endpoints in `admin.rs`.
+
+mod admin;
+mod conns;
+mod local;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{fence, AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::http::conn::{ClientConn, HeadPoll};
+use crate::http::parse::HeadError;
+use crate::policy::reason::Reason;
+use crate::pool::handoff::{Back, Client, Job, Parked};
+use crate::pool::queue::Queue;
+use crate::pool::slot::Slot;
+use crate::state::Shared;
+use conns::Entry;
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKE: Token = Token(usize::MAX - 1);
+/// How often deadlines are checked: the most a timeout can be late by.
+const TICK: Duration = Duration::from_millis(20);
+/// How long accepting pauses after an `accept()` error (EMFILE: wait for descriptors to free).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
+
+pub struct Front {
+    shared: Arc<Shared>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    /// Indexed by file descriptor: the connections the front end holds now.
+    entries: Vec<Option<Entry>>,
+    /// Indexed by file descriptor: the `stirred` flag of each connection a worker has now.
+    away: Vec<Option<Arc<AtomicBool>>>,
+    returns: Receiver<Client>,
+    back: Back,
+    /// The job queue the workers drain.
+    queue: Arc<Queue<Job>>,
+    /// Queued requests and when their queue time runs out, oldest first.
+    queued: VecDeque<(Instant, Arc<Slot<Parked>>)>,
+    accept_paused_until: Option<Instant>,
+    last_error_log: Option<Instant>,
+}
+
+impl Front {
+    /// Sets up the event loop on `listener`; `Back` is what workers hand connections back with.
+    pub fn new(
+        shared: Arc<Shared>,
+        queue: Arc<Queue<Job>>,
+        listener: TcpListener,
+    ) -> io::Result<(Front, Back)> {
+        let poll = Poll::new()?;
+        listener.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&listener.as_raw_fd()),
+            LISTENER,
+            Interest::READABLE,
+        )?;
+        let waker = Waker::new(poll.registry(), WAKE)?;
+        let (tx, returns) = crossbeam_channel::unbounded();
+        let back = Back::new(tx, waker);
+        let front = Front {
+            shared,
+            poll,
+            listener: Some(listener),
+            entries: Vec::new(),
+            away: Vec::new(),
+            returns,
+            back: back.clone(),
+            queue,
+            queued: VecDeque::new(),
+            accept_paused_until: None,
+            last_error_log: None,
+        };
+        Ok((front, back))
+    }
+
+    /// Runs the loop on its own thread. Should the loop itself ever fail (a bug outside any one
+    /// connection's handling), the process exits with status 70 rather than live on without
+    /// serving anyone, so that a supervisor restarts it.
+    pub fn spawn(self) -> io::Result<JoinHandle<()>> {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("sluice-front".into())
+            .spawn(move || {
+                let ran = catch_unwind(AssertUnwindSafe(|| self.run()));
+                if ran.is_err() || !shared.stopping() {
+                    crate::error!("the front end stopped; exiting so that sluice is restarted");
+                    std::process::exit(70);
+                }
+            })
+    }
+
+    fn run(mut self) {
+        let shared = self.shared.clone();
+        let mut events = Events::with_capacity(512);
+        let mut next_tick = Instant::now() + TICK;
+        while !self.shared.stopping() {
+            if self.shared.draining() && self.listener.is_some() {
+                self.close_listener();
+            }
+            let now = Instant::now();
+            let mut timeout = next_tick.saturating_duration_since(now);
+            if let Some(t) = self.accept_paused_until {
+                timeout = timeout.min(t.saturating_duration_since(now));
+            }
+            self.back.asleep.store(true, SeqCst);
+            fence(SeqCst);
+            if !self.returns.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.back.asleep.store(false, SeqCst);
+            if let Err(e) = polled {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.log_rarely(&format!("poll failed: {e}"));
+                    std::thread::sleep(ACCEPT_PAUSE);
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => {
+                        guarded(&shared, || self.accept());
+                    }
+                    WAKE => {}
+                    Token(key) => {
+                        if !guarded(&shared, || self.ready(key)) {
+                            self.close(key);
+                        }
+                    }
+                }
+            }
+            guarded(&shared, || self.take_returns());
+            let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|t| now >= t) {
+                self.accept_paused_until = None;
+                guarded(&shared, || self.accept());
+            }
+            if now >= next_tick {
+                guarded(&shared, || self.tick(now));
+                next_tick = now + TICK;
+            }
+        }
+    }
+
+    /// Draining: new connections are refused by the kernel from here on.
+    fn close_listener(&mut self) {
+        if let Some(l) = self.listener.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&l.as_raw_fd()));
+        }
+        self.back.listening.store(false, SeqCst);
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.open(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS…: pause, so that a full descriptor table does not spin
+                    // the CPU, then accept again (the kernel keeps the waiting connections).
+                    self.log_rarely(&format!("accept failed: {e}"));
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let cfg = self.shared.config();
+        let io = ClientConn::new(stream, peer, cfg.client_idle_timeout);
+        let (client, open) = Client::open(io, &self.shared);
+        if open as usize >= cfg.max_connections {
+            return local::refuse_connection(&self.shared, client);
+        }
+        let key = client.key();
+        let registered = client.io.stream().set_nonblocking(true).is_ok()
+            && self
+                .poll
+                .registry()
+                .register(
+                    &mut SourceFd(&client.io.stream().as_raw_fd()),
+                    Token(key),
+                    Interest::READABLE,
+                )
+                .is_ok();
+        if registered {
+            self.insert(key, Entry::waiting(client, &cfg, true));
+        }
+    }
+
+    /// The socket is readable or writable (or closed): go on with what the connection was doing.
+    fn ready(&mut self, key: usize) {
+        let Some(e) = self.entry(key) else {
+            if let Some(stirred) = self.away.get(key).and_then(Option::as_ref) {
+                stirred.store(true, SeqCst); // its worker wakes us when handing it back
+            }
+            return;
+        };
+        if e.out.is_empty() {
+            self.advance(key);
+        } else {
+            self.flush(key);
+        }
+    }
+
+    fn take_returns(&mut self) {
+        if self.returns.is_empty() {
+            return;
+        }
+        let cfg = self.shared.config();
+        while let Ok(client) = self.returns.try_recv() {
+            let key = client.key();
+            self.insert(key, Entry::waiting(client, &cfg, false));
+            // Whatever arrived while a worker had the connection raised no event here.
+            self.advance(key);
+        }
+    }
+
+    /// Reads and handles request heads until the socket has no more or the connection leaves.
+    fn advance(&mut self, key: usize) {
+        let cfg = self.shared.config();
+        loop {
+            let Some(e) = self.entry(key) else {
+                return;
+            };
+            if !e.out.is_empty() {
+                return;
+            }
+            match e.client.io.poll_head(cfg.max_header_bytes) {
+                HeadPoll::Pending => {
+                    if !e.head_begun && e.client.io.has_buffered() {
+                        e.head_begun = true;
+                        e.deadline = Instant::now() + cfg.client_header_timeout;
+                    }
+                    return;
+                }
+                HeadPoll::Closed => return self.close(key),
+                HeadPoll::Invalid(err) => {
+                    crate::debug!("client={} refused request head: {err:?}", e.client.io.peer);
+                    let reason = match err {
+                        HeadError::Bad(_) => Reason::BadRequest,
+                        HeadError::UriTooLong => Reason::UriTooLong,
+                        HeadError::TooLarge => Reason::HeadersTooLarge,
+                    };
+                    return self.refuse_head(key, reason);
+                }
+                HeadPoll::Ready(head) => {
+                    if !self.request(key, head, &cfg) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deadlines: queue time, idle and header timeouts, stalled answers.
+    fn tick(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        self.queued.retain(|(deadline, slot)| {
+            if slot.is_taken() {
+                return false;
+            }
+            if now < *deadline {
+                return true;
+            }
+            expired.extend(slot.take());
+            false
+        });
+        for parked in expired {
+            let waited = parked.started.elapsed();
+            self.shared.metrics.record_queue_wait(waited);
+            let key = parked.client.key();
+            if self.answer_parked(parked, Reason::QueueTimeout, waited) {
+                self.advance(key);
+            }
+        }
+        for key in 0..self.entries.len() {
+            let Some(e) = self.entries[key].as_ref() else {
+                continue;
+            };
+            if now < e.deadline {
+                continue;
+            }
+            if e.head_begun && e.out.is_empty() {
+                self.refuse_head(key, Reason::HeaderTimeout);
+            } else {
+                self.close(key); // idle past its timeout, or not reading its answer
+            }
+        }
+    }
+
+    fn log_rarely(&mut self, message: &str) {
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            crate::warn!("{message}");
+            self.last_error_log = Some(Instant::now());
+        }
+    }
+}
+
+/// Runs one step of the loop. A panic in it (a bug) costs at most the connection it concerned —
+/// the caller closes it — not the loop: it is logged and counted, and the loop goes on.
+fn guarded(shared: &Shared, step: impl FnOnce()) -> bool {
+    if catch_unwind(AssertUnwindSafe(step)).is_ok() {
+        return true;
+    }
+    shared.metrics.worker_panics.fetch_add(1, Relaxed);
+    crate::error!("front end panicked while handling a connection; that connection was closed");
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_panicking_step_is_contained_and_counted() {
+        let shared = Shared::new(Config {
+            target_host: "127.0.0.1".into(),
+            log_level: crate::config::LogLevel::Error,
+            ..Config::default()
+        });
+        assert!(guarded(&shared, || {}));
+        assert!(!guarded(&shared, || panic!(
+            "a bug in one connection's handling"
+        )));
+        assert!(guarded(&shared, || {}), "the next step runs as before");
+        assert_eq!(shared.metrics.worker_panics.load(Relaxed), 1);
+    }
+}

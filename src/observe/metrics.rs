@@ -1,0 +1,294 @@
+//! Counters, gauges and latency histograms, recorded on the hot path with atomics and one short
+//! lock, and read by `front/admin.rs` to render `/proxy-metrics` and Prometheus text.
+//!
+//! Every proxied request ends in exactly one `Outcome`; the JSON counters of the Python service
+//! and the Prometheus `outcome` label are both derived from it.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+pub use crate::policy::outcome::Outcome;
+use crate::policy::outcome::OUTCOME_LABELS;
+
+/// Upper bounds (seconds) of the Prometheus duration buckets.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
+const RATE_WINDOW: usize = 60;
+
+/// Requests per second over the last minute: one counter per second in a ring.
+struct RateWindow {
+    seconds: [AtomicU64; RATE_WINDOW],
+    counts: [AtomicU64; RATE_WINDOW],
+}
+
+impl RateWindow {
+    fn new() -> Self {
+        RateWindow {
+            seconds: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn add(&self, sec: u64) {
+        let i = (sec % RATE_WINDOW as u64) as usize;
+        let old = self.seconds[i].load(Relaxed);
+        if old != sec
+            && self.seconds[i]
+                .compare_exchange(old, sec, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.counts[i].store(0, Relaxed);
+        }
+        self.counts[i].fetch_add(1, Relaxed);
+    }
+
+    /// Requests in the `window` whole seconds before `sec` (the current second is partial).
+    fn sum(&self, sec: u64, window: u64) -> u64 {
+        (0..RATE_WINDOW)
+            .filter(|&i| {
+                let s = self.seconds[i].load(Relaxed);
+                s != u64::MAX && s < sec && s + window >= sec
+            })
+            .map(|i| self.counts[i].load(Relaxed))
+            .sum()
+    }
+}
+
+/// Latency histograms in microseconds, 2 significant digits (±1 %), fixed memory.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static histogram bounds are valid")
+}
+
+pub struct Metrics {
+    started: Instant,
+    outcomes: [AtomicU64; OUTCOME_LABELS.len()],
+    pub retried_requests: AtomicU64,
+    pub retry_attempts: AtomicU64,
+    pub upstream_attempts: AtomicU64,
+    pub client_connections: AtomicI64,
+    pub active_requests: AtomicI64,
+    pub worker_panics: AtomicU64,
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    duration_sum_us: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    queue_wait: Mutex<Histogram<u64>>,
+    rate: RateWindow,
+}
+
+/// Percentiles and extremes of one histogram, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+fn summarize(h: &Histogram<u64>) -> Summary {
+    if h.is_empty() {
+        return Summary::default();
+    }
+    let s = |us: u64| us as f64 / 1e6;
+    Summary {
+        count: h.len(),
+        min: s(h.min()),
+        max: s(h.max()),
+        mean: h.mean() / 1e6,
+        p50: s(h.value_at_quantile(0.50)),
+        p95: s(h.value_at_quantile(0.95)),
+        p99: s(h.value_at_quantile(0.99)),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            started: Instant::now(),
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            retried_requests: AtomicU64::new(0),
+            retry_attempts: AtomicU64::new(0),
+            upstream_attempts: AtomicU64::new(0),
+            client_connections: AtomicI64::new(0),
+            active_requests: AtomicI64::new(0),
+            worker_panics: AtomicU64::new(0),
+            duration_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            duration_sum_us: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+            queue_wait: Mutex::new(new_histogram()),
+            rate: RateWindow::new(),
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records one finished proxied request: its outcome and its response time.
+    pub fn record(&self, outcome: Outcome, took: Duration) {
+        let label = outcome.label();
+        if let Some(i) = OUTCOME_LABELS.iter().position(|l| *l == label) {
+            self.outcomes[i].fetch_add(1, Relaxed);
+        }
+        let us = took.as_micros().clamp(1, 3_600_000_000) as u64;
+        let secs = took.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|le| secs <= *le) {
+            self.duration_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.duration_sum_us.fetch_add(us, Relaxed);
+        self.latency.lock().saturating_record(us);
+        self.rate.add(self.started.elapsed().as_secs());
+    }
+
+    /// Records how long a request waited in the queue before a worker took it.
+    pub fn record_queue_wait(&self, waited: Duration) {
+        let us = waited.as_micros().clamp(1, 3_600_000_000) as u64;
+        self.queue_wait.lock().saturating_record(us);
+    }
+
+    /// Count of requests that ended with this outcome label.
+    pub fn outcome(&self, label: &str) -> u64 {
+        OUTCOME_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .map_or(0, |i| self.outcomes[i].load(Relaxed))
+    }
+
+    /// (label, count) for every outcome.
+    pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
+        OUTCOME_LABELS
+            .iter()
+            .zip(&self.outcomes)
+            .map(|(l, c)| (*l, c.load(Relaxed)))
+            .collect()
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.outcomes.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Requests answered with a status below 500.
+    pub fn successful_requests(&self) -> u64 {
+        let sluice_ok: u64 = crate::policy::reason::Reason::ALL
+            .iter()
+            .filter(|r| r.status() < 500)
+            .map(|r| self.outcome(r.as_str()))
+            .sum();
+        self.outcome("ok") + sluice_ok
+    }
+
+    pub fn latency(&self) -> Summary {
+        summarize(&self.latency.lock())
+    }
+
+    pub fn queue_wait(&self) -> Summary {
+        summarize(&self.queue_wait.lock())
+    }
+
+    /// Cumulative counts for the Prometheus buckets, then (sum in seconds, count).
+    pub fn duration_histogram(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut acc = 0;
+        let buckets = DURATION_BUCKETS
+            .iter()
+            .zip(&self.duration_buckets)
+            .map(|(le, c)| {
+                acc += c.load(Relaxed);
+                (*le, acc)
+            })
+            .collect();
+        let sum = self.duration_sum_us.load(Relaxed) as f64 / 1e6;
+        (buckets, sum, self.total_requests())
+    }
+
+    /// Requests per second over the last 60 s (or the uptime, if shorter).
+    pub fn requests_per_second(&self) -> f64 {
+        let now = self.started.elapsed().as_secs();
+        let window = now.min(RATE_WINDOW as u64 - 1);
+        if window == 0 {
+            return 0.0;
+        }
+        self.rate.sum(now, window) as f64 / window as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::reason::Reason;
+
+    #[test]
+    fn outcomes_sum_to_total_and_success_follows_status() {
+        let m = Metrics::new();
+        for _ in 0..20 {
+            m.record(Outcome::Upstream(200), Duration::from_millis(10));
+        }
+        for _ in 0..3 {
+            m.record(Outcome::Upstream(404), Duration::from_millis(10));
+        }
+        for _ in 0..5 {
+            m.record(Outcome::Upstream(500), Duration::from_millis(10));
+        }
+        m.record(
+            Outcome::Sluice(Reason::QueueFull),
+            Duration::from_micros(50),
+        );
+        m.record(
+            Outcome::Sluice(Reason::BodyTooLarge),
+            Duration::from_micros(50),
+        );
+        assert_eq!(m.total_requests(), 30);
+        assert_eq!(m.successful_requests(), 24);
+        assert_eq!(m.outcome("upstream_5xx"), 5);
+        assert_eq!(m.outcome("queue_full"), 1);
+        let (buckets, _, count) = m.duration_histogram();
+        assert_eq!(count, 30);
+        assert_eq!(buckets.last().unwrap().1, 30);
+        assert_eq!(
+            buckets[0].1, 2,
+            "the two 50 µs answers are in the 1 ms bucket"
+        );
+    }
+
+    #[test]
+    fn percentiles_within_histogram_precision() {
+        let m = Metrics::new();
+        for ms in [10u64, 50, 100] {
+            for _ in 0..100 {
+                m.record(Outcome::Upstream(200), Duration::from_millis(ms));
+            }
+        }
+        let s = m.latency();
+        assert!((s.p50 - 0.050).abs() < 0.001, "{s:?}");
+        assert!((s.p99 - 0.100).abs() < 0.001, "{s:?}");
+        assert!((s.min - 0.010).abs() < 0.0002);
+        assert!((s.mean - 0.0533).abs() < 0.001);
+    }
+
+    #[test]
+    fn rate_window_counts_whole_seconds_only() {
+        let r = RateWindow::new();
+        for _ in 0..5 {
+            r.add(10);
+        }
+        r.add(11);
+        assert_eq!(r.sum(11, 59), 5);
+        assert_eq!(r.sum(12, 59), 6);
+        assert_eq!(r.sum(80, 59), 0);
+        r.add(70);
+        assert_eq!(r.sum(71, 59), 1, "a reused slot forgets its old second");
+    }
+}

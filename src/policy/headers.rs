@@ -1,0 +1,192 @@
+//! Header rules (README "What sluice does with a request"): which headers cross sluice in each direction, and the
+//! ones it adds (`X-Forwarded-For`, `Via`, `X-Request-Id`). Pure functions over header lists;
+//! no I/O.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use crate::http::parse::RequestHead;
+
+/// Never forwarded in either direction; `Connection` also names more (RFC 9110 §7.6.1).
+/// `Expect` is answered by sluice itself (100-continue), so it goes no further.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
+/// The lower-cased tokens of all `Connection` headers in `values`.
+pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// True if a header with this (any-case) name crosses the proxy.
+pub fn is_end_to_end(name: &str, tokens: &[String]) -> bool {
+    !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        && !tokens.iter().any(|t| name.eq_ignore_ascii_case(t))
+}
+
+/// A client's request id is kept if it is short printable ASCII; else sluice makes one.
+pub fn request_id(head: &RequestHead) -> String {
+    match head.header("x-request-id") {
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => new_request_id(),
+    }
+}
+
+pub fn new_request_id() -> String {
+    format!("{:016x}", crate::rand::next_u64())
+}
+
+/// The headers sent upstream: end-to-end headers as received (names and order kept, borrowed
+/// from the head, not copied), then one `X-Forwarded-For` (earlier hops + this client), one
+/// `Via`, and `X-Request-Id`.
+pub fn upstream_request_headers<'a>(
+    head: &'a RequestHead,
+    client: IpAddr,
+    request_id: &'a str,
+) -> Vec<(&'a str, Cow<'a, [u8]>)> {
+    let tokens = connection_tokens(
+        head.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value.as_slice()),
+    );
+    let mut xff: Vec<u8> = Vec::new();
+    let mut via: Vec<u8> = Vec::new();
+    let mut out = Vec::with_capacity(head.headers.len() + 3);
+    for h in &head.headers {
+        if !is_end_to_end(&h.name, &tokens) {
+            continue;
+        }
+        let list = if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            &mut xff
+        } else if h.name.eq_ignore_ascii_case("via") {
+            &mut via
+        } else {
+            if !h.name.eq_ignore_ascii_case("x-request-id") {
+                out.push((h.name.as_str(), Cow::Borrowed(h.value.as_slice())));
+            }
+            continue;
+        };
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(h.value.trim_ascii());
+    }
+    append(&mut xff, client.to_string().as_bytes());
+    append(&mut via, via_entry(head.http10));
+    out.push(("x-forwarded-for", Cow::Owned(xff)));
+    out.push(("via", Cow::Owned(via)));
+    out.push(("x-request-id", Cow::Borrowed(request_id.as_bytes())));
+    out
+}
+
+/// sluice's own `Via` entry (RFC 9110 §7.6.3), added in both directions: the protocol version
+/// the client spoke, and sluice's name.
+pub fn via_entry(http10: bool) -> &'static [u8] {
+    if http10 {
+        b"1.0 sluice"
+    } else {
+        b"1.1 sluice"
+    }
+}
+
+/// Appends `item` to a comma-separated list.
+pub fn append(list: &mut Vec<u8>, item: &[u8]) {
+    if !list.is_empty() {
+        list.extend_from_slice(b", ");
+    }
+    list.extend_from_slice(item);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse::parse_head;
+
+    fn head(raw: &str) -> RequestHead {
+        parse_head(raw.as_bytes(), 65536).unwrap().unwrap().0
+    }
+
+    fn names(h: &[(&str, Cow<'_, [u8]>)]) -> Vec<String> {
+        h.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
+    }
+
+    fn value<'a>(h: &'a [(&str, Cow<'_, [u8]>)], name: &str) -> &'a str {
+        let v = &h
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .unwrap()
+            .1;
+        std::str::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+        let h = head(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Foo\r\nX-Foo: secret\r\nKeep-Alive: 5\r\n\
+             TE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Keep: 1\r\n\r\n",
+        );
+        let out = upstream_request_headers(&h, "10.0.0.9".parse().unwrap(), "rid");
+        let n = names(&out);
+        for gone in [
+            "connection",
+            "x-foo",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-connection",
+        ] {
+            assert!(!n.contains(&gone.to_string()), "{gone} forwarded");
+        }
+        assert!(n.contains(&"x-keep".to_string()) && n.contains(&"host".to_string()));
+    }
+
+    #[test]
+    fn forwarded_for_and_via_are_appended_to_earlier_hops() {
+        let h = head(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nVia: 1.0 edge\r\n\r\n",
+        );
+        let out = upstream_request_headers(&h, "127.0.0.1".parse().unwrap(), "rid");
+        assert_eq!(
+            value(&out, "x-forwarded-for"),
+            "1.1.1.1, 2.2.2.2, 127.0.0.1"
+        );
+        assert_eq!(value(&out, "via"), "1.0 edge, 1.1 sluice");
+        assert_eq!(value(&out, "x-request-id"), "rid");
+        assert_eq!(
+            names(&out)
+                .iter()
+                .filter(|n| *n == "x-forwarded-for")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn client_request_id_is_kept_when_sane() {
+        assert_eq!(
+            request_id(&head(
+                "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\n\r\n"
+            )),
+            "abc-123"
+        );
+        let made = request_id(&head(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a b\r\n\r\n",
+        ));
+        assert_eq!(made.len(), 16);
+        assert!(is_end_to_end("Set-Cookie", &[]));
+    }
+}

@@ -1,0 +1,18 @@
+//! Pure policy: every decision about a request that needs no socket, each made in one place and
+//! unit-tested with an injected clock. The stages (`front`, `pool`, `upstream`) ask; nothing
+//! here does I/O or imports a stage.
+//!
+//! - `reason`: the words for how a request ends; `outcome`: the one classification by origin.
+//! - `refusal`: refuse without forwarding (draining, queue time, breaker) and `Retry-After`.
+//! - `admission`: the bound on requests in the system (workers + queue).
+//! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget.
+//! - `headers`: what crosses sluice in each direction; `connection`: the keep-alive rule.
+
+pub mod admission;
+pub mod breaker;
+pub mod connection;
+pub mod headers;
+pub mod outcome;
+pub mod reason;
+pub mod refusal;
+pub mod retry;

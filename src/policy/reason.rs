@@ -1,0 +1,140 @@
+//! The one vocabulary for how a request ends (HAProxy's termination states, Envoy's response
+//! flags): the same word in the error body, the `X-Sluice-Error` header, the access log and the
+//! metrics label. README "Responses sluice makes itself" is the table this mirrors.
+
+use super::outcome::Origin;
+
+/// Why sluice answered a request itself (or could not answer it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    QueueFull,
+    QueueTimeout,
+    CircuitOpen,
+    Draining,
+    TooManyConnections,
+    ConnectFailed,
+    UpstreamError,
+    ConnectTimeout,
+    UpstreamTimeout,
+    BadRequest,
+    HeaderTimeout,
+    BodyTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::QueueFull,
+        Reason::QueueTimeout,
+        Reason::CircuitOpen,
+        Reason::Draining,
+        Reason::TooManyConnections,
+        Reason::ConnectFailed,
+        Reason::UpstreamError,
+        Reason::ConnectTimeout,
+        Reason::UpstreamTimeout,
+        Reason::BadRequest,
+        Reason::HeaderTimeout,
+        Reason::BodyTooLarge,
+        Reason::UriTooLong,
+        Reason::HeadersTooLarge,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::CircuitOpen => "circuit_open",
+            Reason::Draining => "draining",
+            Reason::TooManyConnections => "too_many_connections",
+            Reason::ConnectFailed => "connect_failed",
+            Reason::UpstreamError => "upstream_error",
+            Reason::ConnectTimeout => "connect_timeout",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::BadRequest => "bad_request",
+            Reason::HeaderTimeout => "header_timeout",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::UriTooLong => "uri_too_long",
+            Reason::HeadersTooLarge => "headers_too_large",
+        }
+    }
+
+    /// Who caused a request to end with this reason (`outcome.rs` builds on it).
+    pub fn origin(self) -> Origin {
+        match self {
+            Reason::QueueFull
+            | Reason::QueueTimeout
+            | Reason::CircuitOpen
+            | Reason::Draining
+            | Reason::TooManyConnections => Origin::Sluice,
+            Reason::ConnectFailed
+            | Reason::UpstreamError
+            | Reason::ConnectTimeout
+            | Reason::UpstreamTimeout => Origin::Upstream,
+            Reason::BadRequest
+            | Reason::HeaderTimeout
+            | Reason::BodyTooLarge
+            | Reason::UriTooLong
+            | Reason::HeadersTooLarge => Origin::Client,
+        }
+    }
+
+    /// True if sluice closes the connection after answering with this reason, whatever the
+    /// client asked for.
+    pub fn closes_connection(self) -> bool {
+        matches!(self, Reason::Draining | Reason::TooManyConnections)
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::QueueFull
+            | Reason::QueueTimeout
+            | Reason::CircuitOpen
+            | Reason::Draining
+            | Reason::TooManyConnections => 503,
+            Reason::ConnectFailed | Reason::UpstreamError => 502,
+            Reason::ConnectTimeout | Reason::UpstreamTimeout => 504,
+            Reason::BadRequest => 400,
+            Reason::HeaderTimeout => 408,
+            Reason::BodyTooLarge => 413,
+            Reason::UriTooLong => 414,
+            Reason::HeadersTooLarge => 431,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::QueueFull => "all workers are busy and the queue is full; retry later",
+            Reason::QueueTimeout => "the request waited too long in the queue for a worker",
+            Reason::CircuitOpen => "the upstream is failing; the circuit breaker is open",
+            Reason::Draining => "sluice is shutting down",
+            Reason::TooManyConnections => "too many client connections",
+            Reason::ConnectFailed => "could not connect to the upstream",
+            Reason::UpstreamError => {
+                "the upstream closed or broke the connection, or sent a malformed response"
+            }
+            Reason::ConnectTimeout => "timed out connecting to the upstream",
+            Reason::UpstreamTimeout => "timed out waiting for the upstream",
+            Reason::BadRequest => "malformed request",
+            Reason::HeaderTimeout => "the request head did not arrive in time",
+            Reason::BodyTooLarge => "request body too large",
+            Reason::UriTooLong => "request line too long",
+            Reason::HeadersTooLarge => "request head too large",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_distinct_word_and_an_error_status() {
+        let mut words: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        words.sort();
+        words.dedup();
+        assert_eq!(words.len(), Reason::ALL.len());
+        assert!(Reason::ALL.iter().all(|r| r.status() >= 400));
+    }
+}

@@ -1,0 +1,118 @@
+//! The types that cross from one stage to the next, defined below both so that neither stage
+//! imports the other: the front end parks a request (`Parked`) in a `Slot` and pushes a `Job`
+//! onto the queue; a worker takes it, and hands a kept-alive `Client` back through `Back`.
+//! docs/ARCHITECTURE.md "Who owns a connection when" draws the hand-offs.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use mio::Waker;
+
+use super::slot::Slot;
+use crate::http::conn::ClientConn;
+use crate::http::parse::RequestHead;
+use crate::policy::admission::Ticket;
+use crate::state::{InProgress, Shared};
+
+/// A client connection, wherever it is (the front end, the queue, a worker). Counted in the
+/// `client_connections` gauge until it is dropped, which closes it.
+pub struct Client {
+    pub io: ClientConn,
+    shared: Arc<Shared>,
+    /// Set by the front end when the socket stirred (readable, closed) while a worker had the
+    /// connection: only then does handing it back need to wake the front end (the event that
+    /// would have told it was spent). Otherwise the next request's own event wakes it.
+    pub stirred: Arc<AtomicBool>,
+}
+
+impl Client {
+    /// Counts a new connection in the `client_connections` gauge; returns it with the count
+    /// of connections that were open before it.
+    pub fn open(io: ClientConn, shared: &Arc<Shared>) -> (Client, i64) {
+        let before = shared.metrics.client_connections.fetch_add(1, Relaxed);
+        let client = Client {
+            io,
+            shared: shared.clone(),
+            stirred: Arc::new(AtomicBool::new(false)),
+        };
+        (client, before)
+    }
+
+    /// The front end's key for this connection: its file descriptor.
+    pub fn key(&self) -> usize {
+        usize::try_from(self.io.stream().as_raw_fd()).unwrap_or(usize::MAX)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.metrics.client_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A request with its connection, parked in a slot while it waits for a worker.
+pub struct Parked {
+    pub client: Client,
+    pub head: RequestHead,
+    pub request_id: String,
+    /// When its head was parsed: response time and queue wait count from here.
+    pub started: Instant,
+    pub in_progress: InProgress,
+}
+
+/// One queued request: the slot holding it (which the front end may empty first when the
+/// request's queue time runs out).
+pub struct Job {
+    pub slot: Arc<Slot<Parked>>,
+    /// Held until the worker is done with the job; counts it against the admission limit.
+    pub ticket: Ticket,
+}
+
+/// How workers hand kept-alive connections back, and how the front end is woken.
+#[derive(Clone)]
+pub struct Back {
+    tx: Sender<Client>,
+    waker: Arc<Waker>,
+    /// True while the front end waits in `poll`.
+    pub asleep: Arc<AtomicBool>,
+    /// False once the front end has closed the listener (draining).
+    pub listening: Arc<AtomicBool>,
+}
+
+impl Back {
+    pub fn new(tx: Sender<Client>, waker: Waker) -> Self {
+        Back {
+            tx,
+            waker: Arc::new(waker),
+            asleep: Arc::new(AtomicBool::new(false)),
+            listening: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Returns a connection whose request is done to the front end, for its next request.
+    pub fn give(&self, client: Client) {
+        if client.io.stream().set_nonblocking(true).is_err() {
+            return; // dropped: closed
+        }
+        let stirred = client.stirred.clone();
+        if self.tx.send(client).is_err() {
+            return;
+        }
+        fence(SeqCst);
+        if stirred.load(SeqCst) && self.asleep.load(SeqCst) {
+            self.wake();
+        }
+    }
+
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+
+    /// False once the front end has closed the listener (draining).
+    pub fn listening(&self) -> bool {
+        self.listening.load(SeqCst)
+    }
+}

@@ -1,0 +1,183 @@
+//! The worker pool: `max_concurrent_requests` threads drain the bounded queue. Each job is
+//! checked once more for refusal (queue time, breaker — `policy/refusal.rs`), forwarded through
+//! the upstream client, recorded, and a kept-alive connection handed back to the front end. A
+//! panic while handling one request is caught; the worker lives on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::handoff::{Back, Job, Parked};
+use super::queue::Queue;
+use crate::http::answer;
+use crate::http::parse::Framing;
+use crate::observe::access_log::RequestCtx;
+use crate::policy::breaker::Admit;
+use crate::policy::reason::Reason;
+use crate::policy::refusal::{refusal, Gate, Refusal};
+use crate::state::Shared;
+use crate::upstream::agent::UpstreamClient;
+use crate::upstream::attempt::{forward, Exchange, COPY_BUFFER};
+
+/// What every worker shares.
+#[derive(Clone)]
+pub struct Pool {
+    pub shared: Arc<Shared>,
+    pub queue: Arc<Queue<Job>>,
+    pub upstream: Arc<UpstreamClient>,
+    pub back: Back,
+}
+
+/// Worker threads' stack: the deepest path (a TLS handshake inside ureq) fits with room.
+const STACK: usize = 256 * 1024;
+
+pub fn spawn(pool: &Pool) -> Vec<JoinHandle<()>> {
+    (0..pool.shared.workers)
+        .filter_map(|i| {
+            let pool = pool.clone();
+            std::thread::Builder::new()
+                .name(format!("sluice-worker-{i}"))
+                .stack_size(STACK)
+                .spawn(move || run(&pool))
+                .map_err(|e| crate::error!("could not start worker {i}: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
+fn run(pool: &Pool) {
+    let mut scratch = vec![0u8; COPY_BUFFER];
+    drain(&pool.shared, &pool.queue, |job| {
+        handle(pool, job, &mut scratch)
+    });
+}
+
+/// Takes jobs until the queue closes or sluice stops. A panic while handling one job is caught
+/// and counted; the loop (this worker) goes on with the next job.
+fn drain<J>(shared: &Shared, queue: &Queue<J>, mut handle: impl FnMut(J)) {
+    loop {
+        let Some(job) = queue.pop_timeout(Duration::from_millis(500)) else {
+            if shared.stopping() {
+                return;
+            }
+            continue;
+        };
+        if catch_unwind(AssertUnwindSafe(|| handle(job))).is_err() {
+            shared.metrics.worker_panics.fetch_add(1, Relaxed);
+            crate::error!("worker panicked; that request's connection was closed");
+        }
+    }
+}
+
+/// Counts a request in `active_requests` while it is held by a worker (panics included).
+struct Active<'a>(&'a Shared);
+
+impl<'a> Active<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.metrics.active_requests.fetch_add(1, Relaxed);
+        Active(shared)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.active_requests.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The breaker's word on a request that was not refused for its queue time (taking the
+/// half-open probe slot is a state change, so it is asked only here, once).
+fn admit(shared: &Shared) -> Result<Admit, Refusal> {
+    match shared.admit() {
+        Admit::Reject { retry_after } => Err(Refusal::new(Reason::CircuitOpen, Some(retry_after))),
+        pass => Ok(pass),
+    }
+}
+
+fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
+    let shared = &*pool.shared;
+    let Job { slot, ticket } = job;
+    let Some(parked) = slot.take() else {
+        return; // the front end answered 503 queue_timeout already
+    };
+    let active = Active::new(shared);
+    let cfg = shared.config();
+    let Parked {
+        mut client,
+        head,
+        request_id,
+        started,
+        in_progress,
+    } = parked;
+    let waited = started.elapsed();
+    shared.metrics.record_queue_wait(waited);
+    // The front end reads heads without blocking; a worker blocks, under its timeouts.
+    if client.io.stream().set_nonblocking(false).is_err() {
+        return;
+    }
+    let (conn, rid) = (&mut client.io, request_id.as_str());
+    let gate = Gate {
+        waited,
+        queue_timeout: cfg.queue_timeout,
+        ..Gate::default()
+    };
+    let admitted = match refusal(&gate) {
+        Some(r) => Err(r),
+        None => admit(shared),
+    };
+    let fin = match admitted {
+        Err(r) => {
+            let body_done = head.framing == Framing::None;
+            answer::send(conn, &head, r.reason, rid, r.retry_after, body_done)
+        }
+        Ok(a) => {
+            let upstream = pool.upstream.get();
+            let probe = a == Admit::Probe;
+            let x = Exchange {
+                shared,
+                cfg: &cfg,
+                upstream: &upstream,
+                head: &head,
+                request_id: rid,
+                probe,
+            };
+            let mut verdict = shared.verdict_report(probe);
+            forward(&x, conn, scratch, &mut verdict)
+        }
+    };
+    let ctx = RequestCtx::new(&head, rid, conn.peer, started, waited);
+    shared.finish(&ctx, &fin);
+    // Before the hand-back, so the client's next request finds this worker free.
+    drop((ticket, active, in_progress));
+    if fin.keep_alive {
+        pool.back.give(client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_request_does_not_kill_its_worker() {
+        let shared = Shared::new(crate::Config {
+            target_host: "127.0.0.1".into(),
+            log_level: crate::config::LogLevel::Error,
+            ..crate::Config::default()
+        });
+        let jobs = Queue::new(3);
+        for n in 0..3 {
+            jobs.try_push(n).unwrap();
+        }
+        shared.stop();
+        let mut served = Vec::new();
+        drain(&shared, &jobs, |n: u32| {
+            assert!(n != 1, "request 1 panics");
+            served.push(n);
+        });
+        assert_eq!(served, [0, 2], "the job after the panic was still served");
+        assert_eq!(shared.metrics.worker_panics.load(Relaxed), 1);
+    }
+}

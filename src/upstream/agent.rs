@@ -1,0 +1,85 @@
+//! The one upstream client: a ureq agent (one connection pool) configured for a proxy, and the
+//! base URI every request goes to. README "Settings" and docs/ARCHITECTURE.md "The upstream
+//! client" say why each ureq default is changed. Rebuilt on SIGHUP when an upstream setting
+//! changes; requests in flight keep the agent they started with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, RustlsConnector};
+use ureq::Agent;
+
+use super::transport::UpstreamTcp;
+use crate::config::Config;
+
+/// An agent and the base URI (`http://host:port`).
+pub struct Upstream {
+    pub agent: Agent,
+    pub base: String,
+}
+
+impl Upstream {
+    /// No environment proxy, no redirects, statuses are not errors, nothing injected, any
+    /// method, separate connect and read timeouts, a pool sized for the workers.
+    pub fn new(cfg: &Config) -> Self {
+        let pool = cfg.pool_maxsize.max(1);
+        let config = Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent("")
+            .accept("")
+            .accept_encoding("")
+            .allow_non_standard_methods(true)
+            .no_delay(true)
+            .timeout_connect(Some(cfg.connect_timeout))
+            .timeout_send_request(Some(cfg.read_timeout))
+            .timeout_recv_response(Some(cfg.read_timeout))
+            .timeout_per_read(Some(cfg.read_timeout))
+            .timeout_per_write(Some(cfg.read_timeout))
+            .max_idle_connections(pool)
+            .max_idle_connections_per_host(pool)
+            .max_idle_age(Duration::from_secs(30))
+            .input_buffer_size(INPUT_BUFFER)
+            .output_buffer_size(OUTPUT_BUFFER)
+            .build();
+        let connector = UpstreamTcp.chain(RustlsConnector::default());
+        let agent = Agent::with_parts(config, connector, DefaultResolver::default());
+        Upstream {
+            agent,
+            base: cfg.target_base(),
+        }
+    }
+}
+
+/// ureq's read buffer per upstream connection: it must hold a whole response head.
+pub const INPUT_BUFFER: usize = 64 * 1024;
+/// ureq's write buffer per upstream connection: it must hold a whole request head (a request
+/// whose head would not fit is refused as the client's error, before anything is sent).
+pub const OUTPUT_BUFFER: usize = 32 * 1024;
+
+/// The current upstream client, swapped whole when a reload changes an upstream setting.
+pub struct UpstreamClient(RwLock<Arc<Upstream>>);
+
+impl UpstreamClient {
+    pub fn new(cfg: &Config) -> Self {
+        UpstreamClient(RwLock::new(Arc::new(Upstream::new(cfg))))
+    }
+
+    pub fn get(&self) -> Arc<Upstream> {
+        self.0.read().clone()
+    }
+
+    /// Builds a new agent if `new` changes what the agent was built from.
+    pub fn reconfigure(&self, old: &Config, new: &Config) {
+        let changed = new.target_base() != old.target_base()
+            || new.connect_timeout != old.connect_timeout
+            || new.read_timeout != old.read_timeout
+            || new.pool_maxsize != old.pool_maxsize;
+        if changed {
+            *self.0.write() = Arc::new(Upstream::new(new));
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Forwarding one request: read (or start streaming) its body, send it to the upstream through
+//! the shared agent, retry when the retry policy allows (`policy/retry.rs`: safe failures only,
+//! backoff with jitter, the budget, never while the breaker is not closed), then relay the
+//! response (`relay.rs`).
+//!
+//! Not here: queueing and the breaker's admission (`pool/worker.rs`), parsing (`http/`).
+
+use std::io::Read;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use ureq::http;
+use ureq::{Body, SendBody};
+
+use super::agent::Upstream;
+use super::classify::classify;
+use super::relay::relay;
+use super::request::{self, with_body, Payload};
+use crate::config::Config;
+use crate::http::answer;
+use crate::http::body::{BodyError, RequestBody};
+use crate::http::conn::ClientConn;
+use crate::http::parse::{Framing, RequestHead};
+use crate::policy::breaker::Verdict;
+use crate::policy::outcome::{AttemptFailure, Finished, Outcome};
+use crate::policy::reason::Reason;
+use crate::policy::retry;
+use crate::state::{Shared, VerdictReport};
+
+/// Size of the copy buffer each worker uses for response bodies.
+pub const COPY_BUFFER: usize = 32 * 1024;
+
+/// One request on its way through the upstream, and what it may do.
+pub struct Exchange<'a> {
+    pub shared: &'a Shared,
+    pub cfg: &'a Config,
+    pub upstream: &'a Upstream,
+    pub head: &'a RequestHead,
+    pub request_id: &'a str,
+    /// The breaker's half-open probe: one attempt, no retries.
+    pub probe: bool,
+}
+
+/// How the attempts ended: a response, a client body that broke, or the last attempt's failure.
+enum Attempts {
+    Response(http::Response<Body>),
+    ClientBody,
+    Failed(AttemptFailure),
+}
+
+/// Forwards the request on `conn` (its head already parsed) and writes the response. The
+/// breaker hears `verdict` as soon as the upstream's part is known, before the relay.
+pub fn forward(
+    x: &Exchange<'_>,
+    conn: &mut ClientConn,
+    scratch: &mut [u8],
+    verdict: &mut VerdictReport<'_>,
+) -> Finished {
+    let (head, rid) = (x.head, x.request_id);
+    let Some(template) = request::build(&x.upstream.base, head, conn.peer.ip(), rid) else {
+        return answer::send(conn, head, Reason::BadRequest, rid, None, false);
+    };
+    if let Framing::Length(n) = head.framing {
+        if x.cfg.max_body_bytes > 0 && n > x.cfg.max_body_bytes {
+            return answer::send(conn, head, Reason::BodyTooLarge, rid, None, false);
+        }
+    }
+    if head.framing != Framing::None {
+        conn.prepare_body_reads();
+    }
+    let (mut reader, client) = conn.split();
+    let expect_continue = head.expect_continue;
+    let mut body = RequestBody::new(&mut reader, head.framing, x.cfg.max_body_bytes).on_first_read(
+        move || {
+            if expect_continue {
+                std::io::Write::write_all(&mut &*client, b"HTTP/1.1 100 Continue\r\n\r\n")
+            } else {
+                Ok(())
+            }
+        },
+    );
+    let payload = match payload(head, &mut body) {
+        Ok(p) => p,
+        Err(fail) => {
+            drop(body);
+            return client_body_failed(conn, head, rid, fail);
+        }
+    };
+    x.shared.budget.lock().deposit();
+    let (ended, attempts, upstream_time) = attempt_all(x, &template, &payload, &mut body);
+    let (body_done, bytes_in, body_failure) = (body.is_complete(), body.read, body.failure);
+    drop(body);
+    verdict.report(match &ended {
+        Attempts::Response(r) => Outcome::Upstream(r.status().as_u16()).verdict(),
+        Attempts::Failed(f) => Outcome::Sluice(f.reason()).verdict(),
+        Attempts::ClientBody => Verdict::Neutral,
+    });
+    let mut fin = match ended {
+        Attempts::Response(resp) => relay(conn, head, rid, resp, body_done, scratch),
+        Attempts::ClientBody => {
+            let fail = body_failure.unwrap_or(BodyError::Truncated);
+            client_body_failed(conn, head, rid, fail)
+        }
+        Attempts::Failed(f) => answer::send(conn, head, f.reason(), rid, None, body_done),
+    };
+    verdict.report(fin.outcome.verdict()); // a body broken off after the head: one more failure
+    fin.attempts = attempts;
+    fin.bytes_in = bytes_in;
+    fin.upstream_time = upstream_time;
+    fin
+}
+
+/// Reads a small body of an idempotent request whole, so that a retry can replay it.
+fn payload(head: &RequestHead, body: &mut RequestBody<'_>) -> Result<Payload, BodyError> {
+    match head.framing {
+        Framing::None => Ok(Payload::Empty),
+        Framing::Length(n) if head.is_idempotent() && n <= retry::REPLAY_LIMIT => {
+            let mut buf = Vec::with_capacity(n as usize);
+            match (&mut *body).take(n).read_to_end(&mut buf) {
+                Ok(_) if body.is_complete() => Ok(Payload::Buffered(buf)),
+                _ => Err(body.failure.unwrap_or(BodyError::Truncated)),
+            }
+        }
+        _ => Ok(Payload::Streamed),
+    }
+}
+
+/// Runs attempts until one succeeds or the retry policy says stop. Returns how it ended, the
+/// number of attempts and the time spent in them (backoff waits not counted).
+fn attempt_all(
+    x: &Exchange<'_>,
+    template: &http::Request<()>,
+    payload: &Payload,
+    body: &mut RequestBody<'_>,
+) -> (Attempts, u32, Duration) {
+    let deadline = Instant::now() + x.cfg.read_timeout;
+    let mut attempts = 0u32;
+    let mut upstream_time = Duration::ZERO;
+    let ended = loop {
+        attempts += 1;
+        x.shared.metrics.upstream_attempts.fetch_add(1, Relaxed);
+        let t = Instant::now();
+        let res = match payload {
+            Payload::Empty => x.upstream.agent.run(with_body(template, ())),
+            Payload::Buffered(b) => x.upstream.agent.run(with_body(template, b.as_slice())),
+            Payload::Streamed => x
+                .upstream
+                .agent
+                .run(with_body(template, SendBody::from_reader(&mut *body))),
+        };
+        upstream_time += t.elapsed();
+        let failure = match &res {
+            _ if body.failure.is_some() => break Attempts::ClientBody,
+            Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+                AttemptFailure::Status(r.status().as_u16())
+            }
+            Ok(_) => {
+                break res.map_or(
+                    Attempts::Failed(AttemptFailure::Protocol),
+                    Attempts::Response,
+                )
+            }
+            Err(e) => classify(e),
+        };
+        let replayable = !matches!(payload, Payload::Streamed);
+        let Some(delay) = retry_delay(x, failure, attempts, replayable, body.read > 0, deadline)
+        else {
+            break match res {
+                Ok(r) => Attempts::Response(r),
+                Err(_) => Attempts::Failed(failure),
+            };
+        };
+        crate::debug!(
+            "request_id={} attempt={attempts} failed ({failure:?}); retrying in {delay:?}",
+            x.request_id
+        );
+        drop(res);
+        std::thread::sleep(delay);
+    };
+    if attempts > 1 {
+        let m = &x.shared.metrics;
+        m.retried_requests.fetch_add(1, Relaxed);
+        m.retry_attempts.fetch_add(u64::from(attempts - 1), Relaxed);
+    }
+    (ended, attempts, upstream_time)
+}
+
+/// The wait before another attempt after attempt number `attempts` failed, or `None` to stop:
+/// the policy says no, the breaker is not closed, the wait would pass the deadline, or the
+/// retry budget is spent.
+fn retry_delay(
+    x: &Exchange<'_>,
+    failure: AttemptFailure,
+    attempts: u32,
+    replayable: bool,
+    body_started: bool,
+    deadline: Instant,
+) -> Option<Duration> {
+    let allowed = !x.probe
+        && attempts <= x.cfg.max_retries
+        && retry::may_retry(failure, x.head.is_idempotent(), replayable, body_started)
+        && x.shared.breaker_closed();
+    let delay = retry::backoff(x.cfg.retry_backoff_factor, attempts, crate::rand::unit());
+    let go = allowed
+        && Instant::now() + delay < deadline
+        && x.shared.budget.lock().withdraw(Instant::now());
+    go.then_some(delay)
+}
+
+/// The client's body broke: 400/413 if it can still be told, else the request is abandoned.
+fn client_body_failed(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    request_id: &str,
+    fail: BodyError,
+) -> Finished {
+    let reason = match fail {
+        BodyError::Malformed(_) => Reason::BadRequest,
+        BodyError::TooLarge => Reason::BodyTooLarge,
+        BodyError::Truncated | BodyError::Io(_) => {
+            return Finished::new(Outcome::ClientAbort, false)
+        }
+    };
+    answer::send(conn, head, reason, request_id, None, false)
+}

@@ -1,0 +1,63 @@
+//! Turns a `ureq::Error` into the one `AttemptFailure` vocabulary (`policy/outcome.rs`), once;
+//! retries, the breaker, the status code and the metrics all read that.
+
+use std::io;
+
+use ureq::Timeout;
+
+use crate::policy::outcome::AttemptFailure;
+
+/// How an attempt that ended in `e` failed.
+pub fn classify(e: &ureq::Error) -> AttemptFailure {
+    use io::ErrorKind as K;
+    match e {
+        ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => AttemptFailure::ConnectTimeout,
+        ureq::Error::Timeout(_) => AttemptFailure::Timeout,
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => AttemptFailure::Connect,
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => AttemptFailure::Connect,
+        ureq::Error::Io(io) => match io.kind() {
+            K::ConnectionRefused
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::AddrNotAvailable
+            | K::NotFound => AttemptFailure::Connect,
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                AttemptFailure::Reset
+            }
+            K::TimedOut | K::WouldBlock => AttemptFailure::Timeout,
+            _ if io.to_string().contains("lookup") => AttemptFailure::Connect,
+            _ => AttemptFailure::Protocol,
+        },
+        _ => AttemptFailure::Protocol,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_separates_nothing_sent_from_sent() {
+        let io = |k| ureq::Error::Io(io::Error::from(k));
+        assert_eq!(
+            classify(&io(io::ErrorKind::ConnectionRefused)),
+            AttemptFailure::Connect
+        );
+        assert_eq!(
+            classify(&ureq::Error::Timeout(Timeout::Connect)),
+            AttemptFailure::ConnectTimeout
+        );
+        assert_eq!(
+            classify(&io(io::ErrorKind::ConnectionReset)),
+            AttemptFailure::Reset
+        );
+        assert_eq!(
+            classify(&io(io::ErrorKind::UnexpectedEof)),
+            AttemptFailure::Reset
+        );
+        assert_eq!(
+            classify(&ureq::Error::Timeout(Timeout::RecvResponse)),
+            AttemptFailure::Timeout
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The upstream response on its way to the client: its framing towards this client, its head
+//! (status, end-to-end headers, `Via`, `X-Request-Id`), and the body streamed through a
+//! worker's copy buffer. The first body piece is read before anything is written, so an
+//! upstream that fails at once still gets a clean 502/504; after that, a failure closes the
+//! connection without a last chunk (the client sees a truncated response).
+
+use std::io::{self, Read};
+
+use ureq::http::{self, HeaderMap, HeaderValue};
+use ureq::Body;
+
+use super::classify::classify;
+use crate::http::answer;
+use crate::http::conn::ClientConn;
+use crate::http::parse::RequestHead;
+use crate::http::write::{self, BodyFraming, CHUNK_PREFIX, CHUNK_SUFFIX, LAST_CHUNK};
+use crate::policy::connection::keep_alive;
+use crate::policy::headers::{self, connection_tokens, is_end_to_end};
+use crate::policy::outcome::{Finished, Outcome};
+use crate::policy::reason::Reason;
+
+/// How the response body is delimited towards this client.
+fn response_framing(head: &RequestHead, status: u16, headers: &HeaderMap) -> BodyFraming {
+    if head.is_head() || status < 200 || status == 204 || status == 304 {
+        BodyFraming::None
+    } else if headers.contains_key(http::header::CONTENT_LENGTH) {
+        BodyFraming::Length
+    } else if head.http10 {
+        BodyFraming::Close
+    } else {
+        BodyFraming::Chunked
+    }
+}
+
+/// The response head for the client: upstream status and end-to-end headers (duplicates kept),
+/// `Via` appended, our `X-Request-Id` if the upstream set none, framing and connection headers.
+fn response_head(
+    head: &RequestHead,
+    status: u16,
+    headers: &HeaderMap,
+    framing: BodyFraming,
+    keep_alive: bool,
+    request_id: &str,
+) -> Vec<u8> {
+    let tokens = connection_tokens(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let mut out = Vec::with_capacity(512);
+    write::status_line(&mut out, status, head.http10);
+    let mut via: Vec<u8> = Vec::new();
+    for (name, value) in headers {
+        if name == http::header::VIA {
+            headers::append(&mut via, value.as_bytes());
+        } else if is_end_to_end(name.as_str(), &tokens) {
+            write::header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    headers::append(&mut via, headers::via_entry(head.http10));
+    write::header(&mut out, b"via", &via);
+    if !headers.contains_key("x-request-id") {
+        write::header(&mut out, b"x-request-id", request_id.as_bytes());
+    }
+    if framing == BodyFraming::Chunked {
+        write::header(&mut out, b"transfer-encoding", b"chunked");
+    }
+    if !keep_alive {
+        write::header(&mut out, b"connection", b"close");
+    } else if head.http10 {
+        write::header(&mut out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Streams the upstream response `resp` to the client. `body_done`: the request body was read
+/// to its end.
+pub fn relay(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    request_id: &str,
+    resp: http::Response<Body>,
+    body_done: bool,
+    scratch: &mut [u8],
+) -> Finished {
+    let status = resp.status().as_u16();
+    if status == 101 {
+        return answer::send(
+            conn,
+            head,
+            Reason::UpstreamError,
+            request_id,
+            None,
+            body_done,
+        );
+    }
+    let framing = response_framing(head, status, resp.headers());
+    let keep = keep_alive(head, body_done, framing == BodyFraming::Close);
+    let mut out = response_head(head, status, resp.headers(), framing, keep, request_id);
+    let mut reader = resp.into_body().into_reader();
+    let room = scratch.len() - CHUNK_PREFIX - CHUNK_SUFFIX;
+    let mut fin = Finished::new(Outcome::Upstream(status), keep);
+
+    let first = if framing == BodyFraming::None {
+        Ok(0)
+    } else {
+        read_piece(&mut reader, &mut scratch[CHUNK_PREFIX..CHUNK_PREFIX + room])
+    };
+    let mut n = match first {
+        Ok(n) => n,
+        Err(e) => {
+            let reason = classify(&ureq::Error::from(e)).reason();
+            return answer::send(conn, head, reason, request_id, None, body_done);
+        }
+    };
+    let _ = write::write_piece(&mut out, framing, scratch, n);
+    if n == 0 && framing == BodyFraming::Chunked {
+        out.extend_from_slice(LAST_CHUNK);
+    }
+    fin.bytes_out = out.len() as u64;
+    if conn.write_all(&out).is_err() {
+        return Finished::new(Outcome::ClientAbort, false);
+    }
+    while n > 0 {
+        n = match read_piece(&mut reader, &mut scratch[CHUNK_PREFIX..CHUNK_PREFIX + room]) {
+            Ok(n) => n,
+            Err(e) => {
+                crate::debug!(
+                    "request_id={request_id} upstream body failed after bytes were sent: {e}"
+                );
+                fin.outcome = Outcome::Truncated;
+                fin.keep_alive = false;
+                return fin;
+            }
+        };
+        let sent = if n == 0 {
+            if framing == BodyFraming::Chunked {
+                conn.write_all(LAST_CHUNK)
+            } else {
+                Ok(())
+            }
+        } else {
+            let mut w = conn.writer();
+            write::write_piece(&mut w, framing, scratch, n)
+        };
+        if sent.is_err() {
+            return Finished::new(Outcome::ClientAbort, false);
+        }
+        fin.bytes_out += n as u64;
+    }
+    fin
+}
+
+fn read_piece(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
