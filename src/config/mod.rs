@@ -312,6 +312,7 @@ mod tests {
             let named = rest.split([')', ';', ' ']).next().unwrap();
             match &defaults[*key] {
                 Value::String(s) => assert_eq!(named, s, "--help of {key}"),
+                Value::Bool(b) => assert_eq!(named, b.to_string(), "--help of {key}"),
                 v => assert_eq!(named.parse::<f64>().ok(), v.as_f64(), "--help of {key}"),
             }
         }

@@ -100,10 +100,9 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
     let cfg = shared.config();
     let lat = m.latency();
     let b = shared.breaker_view();
-    let total = m.total_requests();
-    let successful = m.successful_requests();
-    let aborted = m.outcome("client_abort");
-    let failed = total - successful - aborted;
+    let c = m.counts();
+    let (total, successful, aborted, failed) =
+        (c.total, c.successful, c.client_aborted, c.failed());
     let judged = successful + failed;
     let success_rate = if judged == 0 {
         100.0
@@ -121,10 +120,10 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "successful_requests": successful,
             "failed_requests": failed,
             "client_aborted_requests": aborted,
-            "timeout_requests": m.outcome("upstream_timeout") + m.outcome("connect_timeout"),
-            "queue_rejected": m.outcome("queue_full"),
-            "queue_timeouts": m.outcome("queue_timeout"),
-            "circuit_rejected": m.outcome("circuit_open"),
+            "timeout_requests": c.of("upstream_timeout") + c.of("connect_timeout"),
+            "queue_rejected": c.of("queue_full"),
+            "queue_timeouts": c.of("queue_timeout"),
+            "circuit_rejected": c.of("circuit_open"),
             "retried_requests": m.retried_requests.load(Relaxed),
             "retry_attempts": m.retry_attempts.load(Relaxed),
             "upstream_attempts": m.upstream_attempts.load(Relaxed),
@@ -149,10 +148,10 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "consecutive_failures": b.consecutive_failures,
             "circuit_times_opened": b.times_opened,
             "seconds_since_circuit_transition": b.since_transition,
-            "outcomes": m
-                .outcomes()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Value::from(v)))
+            "outcomes": c
+                .by_label
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
                 .collect::<serde_json::Map<String, Value>>(),
         },
         "config": cfg.to_json(),

@@ -67,7 +67,10 @@ impl Front {
     /// The connection leaves for a worker.
     pub(super) fn send_away(&mut self, key: usize) -> Option<Entry> {
         let entry = self.entries.get_mut(key).and_then(Option::take)?;
-        self.away[key] = Some(entry.client.stirred.clone());
+        self.away[key] = Some(super::Away {
+            stirred: entry.client.stirred.clone(),
+            cancel: entry.client.cancel.clone(),
+        });
         Some(entry)
     }
 

@@ -39,9 +39,14 @@ impl Front {
             breaker_open_for: self.shared.breaker_open_for(),
             ..Gate::default()
         };
-        // Answered here, with no worker: `OPTIONS *`, a draining sluice, an open breaker.
+        // Answered here, with no worker: `OPTIONS *`, WebSocket upgrades, a draining sluice, an
+        // open breaker.
         let local = if head.path == "*" {
             Some((options_star(&head), Outcome::Upstream(200)))
+        } else if head.wants_websocket() {
+            let reason = Reason::UpgradeUnsupported;
+            let a = answer::error(&head, reason, &request_id, None, body_done);
+            Some((a, Outcome::Sluice(reason)))
         } else {
             refusal(&gate).map(|r| {
                 let a = answer::error(&head, r.reason, &request_id, r.retry_after, body_done);

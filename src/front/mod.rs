@@ -37,14 +37,25 @@ use crate::pool::handoff::{Back, Client, Job, Parked};
 use crate::pool::queue::Queue;
 use crate::pool::slot::Slot;
 use crate::state::Shared;
+use crate::upstream::cancel::Cancel;
 use conns::Entry;
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKE: Token = Token(usize::MAX - 1);
 /// How often deadlines are checked: the most a timeout can be late by.
 const TICK: Duration = Duration::from_millis(20);
+/// Requests one connection may have handled per turn of the loop; then the loop serves the
+/// others, accepts and checks its timers before that connection's next turn. A client that
+/// pipelines requests sluice answers itself cannot hold the loop.
+const TURN: usize = 16;
 /// How long accepting pauses after an `accept()` error (EMFILE: wait for descriptors to free).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
+
+/// What the front end keeps of a connection while a worker has it.
+struct Away {
+    stirred: Arc<AtomicBool>,
+    cancel: Arc<Cancel>,
+}
 
 pub struct Front {
     shared: Arc<Shared>,
@@ -52,8 +63,9 @@ pub struct Front {
     listener: Option<TcpListener>,
     /// Indexed by file descriptor: the connections the front end holds now.
     entries: Vec<Option<Entry>>,
-    /// Indexed by file descriptor: the `stirred` flag of each connection a worker has now.
-    away: Vec<Option<Arc<AtomicBool>>>,
+    /// Indexed by file descriptor: the connections a worker has now (their `stirred` flag, and
+    /// how to cancel their upstream exchange if the client hangs up).
+    away: Vec<Option<Away>>,
     returns: Receiver<Client>,
     back: Back,
     /// The job queue the workers drain.
@@ -62,6 +74,8 @@ pub struct Front {
     queued: VecDeque<(Instant, Arc<Slot<Parked>>)>,
     accept_paused_until: Option<Instant>,
     last_error_log: Option<Instant>,
+    /// Connections whose turn ended with requests possibly left to read: served next turn.
+    more: Vec<usize>,
 }
 
 impl Front {
@@ -93,6 +107,7 @@ impl Front {
             queued: VecDeque::new(),
             accept_paused_until: None,
             last_error_log: None,
+            more: Vec::new(),
         };
         Ok((front, back))
     }
@@ -128,7 +143,7 @@ impl Front {
             }
             self.back.asleep.store(true, SeqCst);
             fence(SeqCst);
-            if !self.returns.is_empty() {
+            if !self.returns.is_empty() || !self.more.is_empty() {
                 timeout = Duration::ZERO;
             }
             let polled = self.poll.poll(&mut events, Some(timeout));
@@ -146,13 +161,19 @@ impl Front {
                     }
                     WAKE => {}
                     Token(key) => {
-                        if !guarded(&shared, || self.ready(key)) {
+                        let gone = ev.is_read_closed() || ev.is_error();
+                        if !guarded(&shared, || self.ready(key, gone)) {
                             self.close(key);
                         }
                     }
                 }
             }
             guarded(&shared, || self.take_returns());
+            for key in std::mem::take(&mut self.more) {
+                if !guarded(&shared, || self.advance(key)) {
+                    self.close(key);
+                }
+            }
             let now = Instant::now();
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
@@ -223,11 +244,15 @@ impl Front {
         }
     }
 
-    /// The socket is readable or writable (or closed): go on with what the connection was doing.
-    fn ready(&mut self, key: usize) {
+    /// The socket is readable or writable (or closed, `gone`): go on with what the connection
+    /// was doing. A worker's connection is only marked; a hang-up cancels its request.
+    fn ready(&mut self, key: usize, gone: bool) {
         let Some(e) = self.entry(key) else {
-            if let Some(stirred) = self.away.get(key).and_then(Option::as_ref) {
-                stirred.store(true, SeqCst); // its worker wakes us when handing it back
+            if let Some(away) = self.away.get(key).and_then(Option::as_ref) {
+                away.stirred.store(true, SeqCst); // its worker wakes us when handing it back
+                if gone && self.shared.config().abort_on_client_close {
+                    away.cancel.client_gone();
+                }
             }
             return;
         };
@@ -251,10 +276,11 @@ impl Front {
         }
     }
 
-    /// Reads and handles request heads until the socket has no more or the connection leaves.
+    /// Reads and handles request heads until the socket has no more, the connection leaves, or
+    /// its turn (`TURN` requests) is over.
     fn advance(&mut self, key: usize) {
         let cfg = self.shared.config();
-        loop {
+        for _ in 0..TURN {
             let Some(e) = self.entry(key) else {
                 return;
             };
@@ -286,6 +312,7 @@ impl Front {
                 }
             }
         }
+        self.more.push(key); // its turn is over; the rest waits for the next one
     }
 
     /// Deadlines: queue time, idle and header timeouts, stalled answers.

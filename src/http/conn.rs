@@ -51,6 +51,9 @@ struct ReadBuf {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
+    /// Bytes after `pos` already searched for the end of a head: each byte is searched once,
+    /// so a head arriving in small pieces costs time linear in its size.
+    scanned: usize,
 }
 
 pub struct ClientConn {
@@ -80,6 +83,7 @@ impl ClientConn {
                 buf: Vec::new(),
                 pos: 0,
                 end: 0,
+                scanned: 0,
             },
             peer,
             io_timeout,
@@ -123,15 +127,10 @@ impl ClientConn {
         let mut head_started = (self.rb.end > 0).then_some(started);
         loop {
             let rb = &mut self.rb;
-            if rb.end > 0 {
-                match parse_head(&rb.buf[..rb.end], d.max_head_bytes) {
-                    Ok(Some((head, len))) => {
-                        rb.pos = len;
-                        return Ok(head);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(ReadHeadError::Invalid(e)),
-                }
+            match rb.try_head(d.max_head_bytes) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(e) => return Err(ReadHeadError::Invalid(e)),
             }
             let deadline = match head_started {
                 Some(t) => t + d.whole_head,
@@ -186,15 +185,10 @@ impl ClientConn {
         self.rb.compact();
         loop {
             let rb = &mut self.rb;
-            if rb.end > 0 {
-                match parse_head(&rb.buf[..rb.end], max_head_bytes) {
-                    Ok(Some((head, len))) => {
-                        rb.pos = len;
-                        return HeadPoll::Ready(head);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return HeadPoll::Invalid(e),
-                }
+            match rb.try_head(max_head_bytes) {
+                Ok(Some(head)) => return HeadPoll::Ready(head),
+                Ok(None) => {}
+                Err(e) => return HeadPoll::Invalid(e),
             }
             if rb.end == rb.buf.len() {
                 let grown =
@@ -240,12 +234,40 @@ fn timed_out(head_started: bool) -> ReadHeadError {
 }
 
 impl ReadBuf {
+    /// Parses the buffered head once it is whole — or once its request line has ended, so an
+    /// over-long one is refused at once. Bytes already searched are not searched again.
+    fn try_head(&mut self, max_head: usize) -> Result<Option<RequestHead>, HeadError> {
+        let data = &self.buf[self.pos..self.end];
+        let from = self.scanned.saturating_sub(2);
+        let fresh = &data[from..];
+        let (seen, new) = data.split_at(self.scanned.min(data.len()));
+        let line_ended_now = !seen.contains(&b'\n') && new.contains(&b'\n');
+        let head_ended =
+            fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n");
+        self.scanned = data.len();
+        let over_line = !data.contains(&b'\n') && data.len() > super::parse::MAX_REQUEST_LINE;
+        if !(head_ended || line_ended_now || over_line || data.len() >= max_head) {
+            return Ok(None);
+        }
+        #[cfg(test)]
+        tests::PARSES.with(|c| c.set(c.get() + 1));
+        match parse_head(data, max_head)? {
+            Some((head, len)) => {
+                self.pos += len;
+                self.scanned = 0;
+                Ok(Some(head))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Moves buffered bytes to the front; frees a large buffer once it is empty, so that idle
     /// keep-alive connections hold little memory.
     fn compact(&mut self) {
         if self.pos == self.end {
             self.pos = 0;
             self.end = 0;
+            self.scanned = 0;
             if self.buf.len() > INITIAL_BUFFER {
                 self.buf = Vec::new();
             }
@@ -292,5 +314,57 @@ impl BufRead for Reader<'_> {
 
     fn consume(&mut self, n: usize) {
         self.rb.pos = (self.rb.pos + n).min(self.rb.end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        pub static PARSES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    #[test]
+    fn a_head_arriving_byte_by_byte_is_parsed_once_its_end_is_in() {
+        let mut head = b"GET /x HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..100 {
+            head.extend_from_slice(format!("X-H{i}: {}\r\n", "v".repeat(300)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\nGET /next HTTP/1.1\r\n");
+        let mut rb = ReadBuf {
+            buf: vec![0; head.len()],
+            pos: 0,
+            end: 0,
+            scanned: 0,
+        };
+        PARSES.with(|c| c.set(0));
+        let mut parsed = None;
+        for &b in &head {
+            rb.buf[rb.end] = b;
+            rb.end += 1;
+            if let Some(h) = rb.try_head(65536).unwrap() {
+                parsed = Some(h);
+                break;
+            }
+        }
+        assert_eq!(parsed.unwrap().path, "/x");
+        // Once when the request line ends, once when the head does: not once per byte.
+        assert_eq!(PARSES.with(Cell::get), 2);
+        assert_eq!(&rb.buf[rb.pos..rb.end], b"", "stopped right after the head");
+    }
+
+    #[test]
+    fn an_over_long_request_line_is_refused_before_the_head_ends() {
+        let mut rb = ReadBuf {
+            buf: vec![b'a'; super::super::parse::MAX_REQUEST_LINE + 10],
+            pos: 0,
+            end: 0,
+            scanned: 0,
+        };
+        rb.buf[..4].copy_from_slice(b"GET ");
+        rb.end = rb.buf.len();
+        assert_eq!(rb.try_head(65536).unwrap_err(), HeadError::UriTooLong);
     }
 }

@@ -60,6 +60,16 @@ impl RequestHead {
     pub fn is_head(&self) -> bool {
         self.method == "HEAD"
     }
+
+    /// True if the client asks to switch this connection to WebSocket (RFC 6455), which sluice
+    /// does not tunnel.
+    pub fn wants_websocket(&self) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    }
 }
 
 /// Why a head was refused; each maps to one status (400 / 414 / 431).
@@ -130,6 +140,14 @@ fn build(
         .count();
     if hosts > 1 || (hosts == 0 && !http10) {
         return Err(HeadError::Bad("exactly one Host header is required"));
+    }
+    let host_ok = |h: &&Header| h.value.iter().all(|b| b.is_ascii_graphic());
+    if !headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .all(|h| host_ok(&h))
+    {
+        return Err(HeadError::Bad("Host must be a printable ASCII host[:port]"));
     }
     let conn = |token: &str| {
         headers

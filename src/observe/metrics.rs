@@ -13,6 +13,29 @@ use parking_lot::Mutex;
 pub use crate::policy::outcome::Outcome;
 use crate::policy::outcome::OUTCOME_LABELS;
 
+/// One consistent read of the outcome counters.
+pub struct Counts {
+    pub total: u64,
+    /// Answered with a status below 500 (the Python service's "successful").
+    pub successful: u64,
+    pub client_aborted: u64,
+    pub by_label: Vec<(&'static str, u64)>,
+}
+
+impl Counts {
+    pub fn of(&self, label: &str) -> u64 {
+        self.by_label
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Neither successful nor abandoned by the client; never negative.
+    pub fn failed(&self) -> u64 {
+        self.total - self.successful - self.client_aborted
+    }
+}
+
 /// Upper bounds (seconds) of the Prometheus duration buckets.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -177,18 +200,33 @@ impl Metrics {
             .collect()
     }
 
+    /// Every outcome counter read once, so that sums and differences drawn from it agree (a
+    /// request finishing between two reads cannot make `failed` negative).
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts {
+            total: 0,
+            successful: 0,
+            client_aborted: 0,
+            by_label: self.outcomes(),
+        };
+        c.total = c.by_label.iter().map(|(_, n)| n).sum();
+        let sluice_ok: u64 = crate::policy::reason::Reason::ALL
+            .iter()
+            .filter(|r| r.status() < 500)
+            .map(|r| c.of(r.as_str()))
+            .sum();
+        c.successful = c.of("ok") + sluice_ok;
+        c.client_aborted = c.of("client_abort");
+        c
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.outcomes.iter().map(|c| c.load(Relaxed)).sum()
     }
 
     /// Requests answered with a status below 500.
     pub fn successful_requests(&self) -> u64 {
-        let sluice_ok: u64 = crate::policy::reason::Reason::ALL
-            .iter()
-            .filter(|r| r.status() < 500)
-            .map(|r| self.outcome(r.as_str()))
-            .sum();
-        self.outcome("ok") + sluice_ok
+        self.counts().successful
     }
 
     pub fn latency(&self) -> Summary {

@@ -82,6 +82,7 @@ impl Outcome {
     pub fn verdict(self) -> Verdict {
         match self {
             Outcome::Upstream(502..=504) | Outcome::Truncated => Verdict::Failure,
+            Outcome::Upstream(s) if s < 200 => Verdict::Neutral, // 101: not the upstream's failure
             Outcome::Upstream(_) => Verdict::Success,
             Outcome::Sluice(r) if r.origin() == Origin::Upstream => Verdict::Failure,
             Outcome::Sluice(_) | Outcome::ClientAbort => Verdict::Neutral,

@@ -21,10 +21,11 @@ pub enum Reason {
     BodyTooLarge,
     UriTooLong,
     HeadersTooLarge,
+    UpgradeUnsupported,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::CircuitOpen,
@@ -39,6 +40,7 @@ impl Reason {
         Reason::BodyTooLarge,
         Reason::UriTooLong,
         Reason::HeadersTooLarge,
+        Reason::UpgradeUnsupported,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Reason {
             Reason::BodyTooLarge => "body_too_large",
             Reason::UriTooLong => "uri_too_long",
             Reason::HeadersTooLarge => "headers_too_large",
+            Reason::UpgradeUnsupported => "upgrade_unsupported",
         }
     }
 
@@ -76,7 +79,8 @@ impl Reason {
             | Reason::HeaderTimeout
             | Reason::BodyTooLarge
             | Reason::UriTooLong
-            | Reason::HeadersTooLarge => Origin::Client,
+            | Reason::HeadersTooLarge
+            | Reason::UpgradeUnsupported => Origin::Client,
         }
     }
 
@@ -100,6 +104,7 @@ impl Reason {
             Reason::BodyTooLarge => 413,
             Reason::UriTooLong => 414,
             Reason::HeadersTooLarge => 431,
+            Reason::UpgradeUnsupported => 501,
         }
     }
 
@@ -121,6 +126,9 @@ impl Reason {
             Reason::BodyTooLarge => "request body too large",
             Reason::UriTooLong => "request line too long",
             Reason::HeadersTooLarge => "request head too large",
+            Reason::UpgradeUnsupported => {
+                "sluice does not tunnel protocol upgrades (WebSocket); send plain HTTP requests"
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::http::conn::ClientConn;
 use crate::http::parse::RequestHead;
 use crate::policy::admission::Ticket;
 use crate::state::{InProgress, Shared};
+use crate::upstream::cancel::Cancel;
 
 /// A client connection, wherever it is (the front end, the queue, a worker). Counted in the
 /// `client_connections` gauge until it is dropped, which closes it.
@@ -26,6 +27,9 @@ pub struct Client {
     /// connection: only then does handing it back need to wake the front end (the event that
     /// would have told it was spent). Otherwise the next request's own event wakes it.
     pub stirred: Arc<AtomicBool>,
+    /// The front end cancels the worker's upstream exchange through this when the client
+    /// hangs up while a worker has its request.
+    pub cancel: Arc<Cancel>,
 }
 
 impl Client {
@@ -37,6 +41,7 @@ impl Client {
             io,
             shared: shared.clone(),
             stirred: Arc::new(AtomicBool::new(false)),
+            cancel: Arc::default(),
         };
         (client, before)
     }

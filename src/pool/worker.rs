@@ -15,11 +15,13 @@ use crate::http::answer;
 use crate::http::parse::Framing;
 use crate::observe::access_log::RequestCtx;
 use crate::policy::breaker::Admit;
+use crate::policy::outcome::{Finished, Outcome};
 use crate::policy::reason::Reason;
 use crate::policy::refusal::{refusal, Gate, Refusal};
 use crate::state::Shared;
 use crate::upstream::agent::UpstreamClient;
 use crate::upstream::attempt::{forward, Exchange, COPY_BUFFER};
+use crate::upstream::cancel::Current;
 
 /// What every worker shares.
 #[derive(Clone)]
@@ -117,6 +119,13 @@ fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
     if client.io.stream().set_nonblocking(false).is_err() {
         return;
     }
+    if cfg.abort_on_client_close && client.cancel.hung_up() {
+        // Its client left while it waited in the queue: never sent upstream.
+        let ctx = RequestCtx::new(&head, &request_id, client.io.peer, started, waited);
+        shared.finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
+        return;
+    }
+    let cancel = client.cancel.clone();
     let (conn, rid) = (&mut client.io, request_id.as_str());
     let gate = Gate {
         waited,
@@ -135,6 +144,7 @@ fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
         Ok(a) => {
             let upstream = pool.upstream.get();
             let probe = a == Admit::Probe;
+            let watched = cfg.abort_on_client_close.then(|| Current::set(&cancel));
             let x = Exchange {
                 shared,
                 cfg: &cfg,
@@ -142,6 +152,7 @@ fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
                 head: &head,
                 request_id: rid,
                 probe,
+                cancel: watched.as_ref().map(|_| &*cancel),
             };
             let mut verdict = shared.verdict_report(probe);
             forward(&x, conn, scratch, &mut verdict)

@@ -27,6 +27,8 @@ use crate::policy::reason::Reason;
 use crate::policy::retry;
 use crate::state::{Shared, VerdictReport};
 
+use super::cancel::Cancel;
+
 /// Size of the copy buffer each worker uses for response bodies.
 pub const COPY_BUFFER: usize = 32 * 1024;
 
@@ -39,12 +41,29 @@ pub struct Exchange<'a> {
     pub request_id: &'a str,
     /// The breaker's half-open probe: one attempt, no retries.
     pub probe: bool,
+    /// Set when a client hang-up cancels the exchange (`abort_on_client_close`).
+    pub cancel: Option<&'a Cancel>,
 }
 
-/// How the attempts ended: a response, a client body that broke, or the last attempt's failure.
+impl Exchange<'_> {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(Cancel::cancelled)
+    }
+
+    /// Nothing more is read from the client: from now on its hang-up cancels the exchange.
+    fn client_done(&self) {
+        if let Some(c) = self.cancel {
+            c.waiting();
+        }
+    }
+}
+
+/// How the attempts ended: a response, a client body that broke, the client hung up, or the
+/// last attempt's failure.
 enum Attempts {
     Response(http::Response<Body>),
     ClientBody,
+    ClientGone,
     Failed(AttemptFailure),
 }
 
@@ -57,8 +76,9 @@ pub fn forward(
     verdict: &mut VerdictReport<'_>,
 ) -> Finished {
     let (head, rid) = (x.head, x.request_id);
-    let Some(template) = request::build(&x.upstream.base, head, conn.peer.ip(), rid) else {
-        return answer::send(conn, head, Reason::BadRequest, rid, None, false);
+    let template = match request::build(&x.upstream.base, head, conn.peer.ip(), rid) {
+        Ok(t) => t,
+        Err(reason) => return answer::send(conn, head, reason, rid, None, false),
     };
     if let Framing::Length(n) = head.framing {
         if x.cfg.max_body_bytes > 0 && n > x.cfg.max_body_bytes {
@@ -86,6 +106,9 @@ pub fn forward(
             return client_body_failed(conn, head, rid, fail);
         }
     };
+    if !matches!(payload, Payload::Streamed) {
+        x.client_done();
+    }
     x.shared.budget.lock().deposit();
     let (ended, attempts, upstream_time) = attempt_all(x, &template, &payload, &mut body);
     let (body_done, bytes_in, body_failure) = (body.is_complete(), body.read, body.failure);
@@ -93,10 +116,17 @@ pub fn forward(
     verdict.report(match &ended {
         Attempts::Response(r) => Outcome::Upstream(r.status().as_u16()).verdict(),
         Attempts::Failed(f) => Outcome::Sluice(f.reason()).verdict(),
-        Attempts::ClientBody => Verdict::Neutral,
+        Attempts::ClientBody | Attempts::ClientGone => Verdict::Neutral,
     });
     let mut fin = match ended {
-        Attempts::Response(resp) => relay(conn, head, rid, resp, body_done, scratch),
+        Attempts::Response(resp) => {
+            let mut fin = relay(conn, head, rid, resp, body_done, scratch);
+            if x.cancelled() {
+                fin = Finished::new(Outcome::ClientAbort, false); // the upstream did not fail
+            }
+            fin
+        }
+        Attempts::ClientGone => Finished::new(Outcome::ClientAbort, false),
         Attempts::ClientBody => {
             let fail = body_failure.unwrap_or(BodyError::Truncated);
             client_body_failed(conn, head, rid, fail)
@@ -143,13 +173,19 @@ fn attempt_all(
         let res = match payload {
             Payload::Empty => x.upstream.agent.run(with_body(template, ())),
             Payload::Buffered(b) => x.upstream.agent.run(with_body(template, b.as_slice())),
-            Payload::Streamed => x
-                .upstream
-                .agent
-                .run(with_body(template, SendBody::from_reader(&mut *body))),
+            Payload::Streamed => {
+                let mut reader = Watched {
+                    body: &mut *body,
+                    x,
+                };
+                x.upstream
+                    .agent
+                    .run(with_body(template, SendBody::from_reader(&mut reader)))
+            }
         };
         upstream_time += t.elapsed();
         let failure = match &res {
+            _ if x.cancelled() => break Attempts::ClientGone,
             _ if body.failure.is_some() => break Attempts::ClientBody,
             Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
                 AttemptFailure::Status(r.status().as_u16())
@@ -222,4 +258,20 @@ fn client_body_failed(
         }
     };
     answer::send(conn, head, reason, request_id, None, false)
+}
+
+/// A streamed request body that says when the client has sent all of it.
+struct Watched<'b, 'c, 'x> {
+    body: &'b mut RequestBody<'c>,
+    x: &'x Exchange<'x>,
+}
+
+impl Read for Watched<'_, '_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.body.read(buf)?;
+        if n == 0 && self.body.is_complete() {
+            self.x.client_done();
+        }
+        Ok(n)
+    }
 }

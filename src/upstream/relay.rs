@@ -19,11 +19,33 @@ use crate::policy::headers::{self, connection_tokens, is_end_to_end};
 use crate::policy::outcome::{Finished, Outcome};
 use crate::policy::reason::Reason;
 
+/// The length of the upstream's body as its head declares it (RFC 9112 §6.3):
+/// `Transfer-Encoding` overrides `Content-Length` (the body is decoded by it, and
+/// `Content-Length` is dropped); several `Content-Length` values must all agree. `Err`: a
+/// length that cannot be trusted (the response is refused as 502 `upstream_error`).
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Ok(None);
+    }
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let text = std::str::from_utf8(part.trim_ascii()).map_err(|_| ())?;
+            let n: u64 = text.parse().map_err(|_| ())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
 /// How the response body is delimited towards this client.
-fn response_framing(head: &RequestHead, status: u16, headers: &HeaderMap) -> BodyFraming {
+fn response_framing(head: &RequestHead, status: u16, length: Option<u64>) -> BodyFraming {
     if head.is_head() || status < 200 || status == 204 || status == 304 {
         BodyFraming::None
-    } else if headers.contains_key(http::header::CONTENT_LENGTH) {
+    } else if length.is_some() {
         BodyFraming::Length
     } else if head.http10 {
         BodyFraming::Close
@@ -33,12 +55,13 @@ fn response_framing(head: &RequestHead, status: u16, headers: &HeaderMap) -> Bod
 }
 
 /// The response head for the client: upstream status and end-to-end headers (duplicates kept),
-/// `Via` appended, our `X-Request-Id` if the upstream set none, framing and connection headers.
+/// `Via` appended, our `X-Request-Id` if the upstream set none, and the framing and connection
+/// headers sluice writes itself — whatever the upstream's `Connection` header names.
 fn response_head(
     head: &RequestHead,
     status: u16,
     headers: &HeaderMap,
-    framing: BodyFraming,
+    (framing, length): (BodyFraming, Option<u64>),
     keep_alive: bool,
     request_id: &str,
 ) -> Vec<u8> {
@@ -54,6 +77,8 @@ fn response_head(
     for (name, value) in headers {
         if name == http::header::VIA {
             headers::append(&mut via, value.as_bytes());
+        } else if name == http::header::CONTENT_LENGTH {
+            continue; // written below, from the one length sluice frames the body with
         } else if is_end_to_end(name.as_str(), &tokens) {
             write::header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
@@ -63,8 +88,14 @@ fn response_head(
     if !headers.contains_key("x-request-id") {
         write::header(&mut out, b"x-request-id", request_id.as_bytes());
     }
-    if framing == BodyFraming::Chunked {
-        write::header(&mut out, b"transfer-encoding", b"chunked");
+    let bodiless_status = status < 200 || status == 204;
+    match (framing, length) {
+        (BodyFraming::Chunked, _) => write::header(&mut out, b"transfer-encoding", b"chunked"),
+        // A HEAD or 304 answer keeps the length the body would have.
+        (BodyFraming::Length | BodyFraming::None, Some(n)) if !bodiless_status => {
+            write::header_u64(&mut out, b"content-length", n)
+        }
+        _ => {}
     }
     if !keep_alive {
         write::header(&mut out, b"connection", b"close");
@@ -87,6 +118,11 @@ pub fn relay(
 ) -> Finished {
     let status = resp.status().as_u16();
     if status == 101 {
+        let reason = Reason::UpgradeUnsupported; // sluice sent no Upgrade: nothing to tunnel
+        return answer::send(conn, head, reason, request_id, None, body_done);
+    }
+    let Ok(length) = declared_length(resp.headers()) else {
+        crate::debug!("request_id={request_id} upstream response with conflicting lengths");
         return answer::send(
             conn,
             head,
@@ -95,10 +131,11 @@ pub fn relay(
             None,
             body_done,
         );
-    }
-    let framing = response_framing(head, status, resp.headers());
+    };
+    let framing = response_framing(head, status, length);
     let keep = keep_alive(head, body_done, framing == BodyFraming::Close);
-    let mut out = response_head(head, status, resp.headers(), framing, keep, request_id);
+    let parts = (framing, length);
+    let mut out = response_head(head, status, resp.headers(), parts, keep, request_id);
     let mut reader = resp.into_body().into_reader();
     let room = scratch.len() - CHUNK_PREFIX - CHUNK_SUFFIX;
     let mut fin = Finished::new(Outcome::Upstream(status), keep);

@@ -4,7 +4,9 @@
 //! each time by switching the socket to non-blocking, reading one byte and switching back: six
 //! syscalls per request. Here each probe is one `recv(MSG_PEEK | MSG_DONTWAIT)`. Socket timeouts
 //! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
-//! changes on every request); see `keep_close`.
+//! changes on every request); see `keep_close`. Before each socket operation the connection
+//! attaches itself to the worker's current exchange, so a client's hang-up can cancel it
+//! (`cancel.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -18,6 +20,8 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
 };
 use ureq::{Error, Timeout};
+
+use super::cancel::{attach_current, Attached};
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
 #[derive(Debug, Default)]
@@ -47,11 +51,14 @@ impl Connector<()> for UpstreamTcp {
                         details.config.input_buffer_size(),
                         details.config.output_buffer_size(),
                     );
+                    let stream = Arc::new(Sock(stream));
                     let conn = TcpConn {
-                        stream: Arc::new(Sock(stream)),
+                        handle: stream.clone(),
+                        stream,
                         buffers,
                         read_timeout: None,
                         write_timeout: None,
+                        attached: (0, 0),
                     };
                     let handle = Arc::downgrade(&conn.stream) as Weak<dyn ShutdownHandle>;
                     (details.register_shutdown)(handle)?;
@@ -83,9 +90,13 @@ impl ShutdownHandle for Sock {
 
 pub struct TcpConn {
     stream: Arc<Sock>,
+    /// The same socket, as the handle a client's hang-up shuts down (`cancel.rs`).
+    handle: Arc<dyn ShutdownHandle>,
     buffers: LazyBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// The request this socket was last attached to for cancellation.
+    attached: Attached,
 }
 
 impl fmt::Debug for TcpConn {
@@ -137,6 +148,7 @@ impl Transport for TcpConn {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
+        attach_current(&self.handle, &mut self.attached);
         let timeout = timeout.for_write();
         let want = left(timeout)?;
         let sock = &self.stream.0;
@@ -148,6 +160,7 @@ impl Transport for TcpConn {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        attach_current(&self.handle, &mut self.attached);
         let timeout = timeout.for_read();
         let want = left(timeout)?;
         let sock = &self.stream.0;

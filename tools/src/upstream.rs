@@ -68,6 +68,8 @@ struct State {
     connections: AtomicU64,
     fail_status: AtomicU64,
     delay_ms: AtomicU64,
+    /// `hang=1` requests whose connection sluice closed while the upstream held them.
+    hangs_closed: AtomicU64,
     record: AtomicBool,
     stopped: AtomicBool,
 }
@@ -112,6 +114,11 @@ impl TestUpstream {
     /// Requests whose head arrived (recorded or not).
     pub fn request_count(&self) -> u64 {
         self.state.requests.load(Relaxed)
+    }
+
+    /// `hang=1` requests whose connection was closed by sluice while the upstream held them.
+    pub fn hangs_closed(&self) -> u64 {
+        self.state.hangs_closed.load(Relaxed)
     }
 
     /// TCP connections accepted so far.
@@ -262,7 +269,9 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         std::thread::sleep(Duration::from_millis(delay));
     }
     if flag("hang") {
-        hang(conn);
+        if hang(conn) {
+            state.hangs_closed.fetch_add(1, Relaxed);
+        }
         return Ok(false);
     }
     if flag("reset") {
@@ -437,20 +446,22 @@ fn reset(conn: &ClientConn) {
 }
 
 /// Says nothing until the peer goes away (bounded: 10 minutes).
-fn hang(conn: &ClientConn) {
+/// Answers nothing for up to 10 minutes; true if the peer closed the connection meanwhile.
+fn hang(conn: &ClientConn) -> bool {
     let mut s = conn.stream();
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
     let mut buf = [0u8; 1024];
     for _ in 0..3000 {
         match s.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => return true,
             Ok(_) => {}
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
+    false
 }
