@@ -98,9 +98,10 @@ impl Shared {
         self.stopping.store(true, Relaxed);
     }
 
-    /// Asks the breaker to let one request through.
-    pub fn admit(&self) -> Admit {
-        let (admit, t) = self.breaker.lock().admit(Instant::now());
+    /// Asks the breaker to let one request through; `may_probe`: it may be the half-open probe
+    /// (nothing more is to come from its client).
+    pub fn admit(&self, may_probe: bool) -> Admit {
+        let (admit, t) = self.breaker.lock().admit_as(Instant::now(), may_probe);
         self.note(t);
         admit
     }

@@ -34,6 +34,16 @@ fn every_shipped_config_passes_check_config() {
 }
 
 #[test]
+fn shipped_proxy_config_names_every_key() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy_config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in sluice::config::KEYS {
+        assert!(v.get(key).is_some(), "proxy_config.json lacks {key}");
+    }
+}
+
+#[test]
 fn each_unwise_setting_prints_its_warning_and_still_exits_0() {
     let cases: &[(&[&str], &str)] = &[
         (

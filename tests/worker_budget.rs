@@ -255,3 +255,401 @@ fn with_abort_on_client_close_off_the_upstream_sees_the_request_through() {
     );
     assert!(eventually(Duration::from_secs(3), || active(s.addr()) == 0));
 }
+
+/// Sends `head` then `body` one byte every `gap`, and returns the response (on its own thread).
+fn trickle(
+    addr: std::net::SocketAddr,
+    head: String,
+    body: Vec<u8>,
+    gap: Duration,
+) -> std::thread::JoinHandle<Option<Resp>> {
+    std::thread::spawn(move || {
+        let mut c = Conn::open(addr);
+        c.send(head.as_bytes());
+        for b in body {
+            std::thread::sleep(gap);
+            c.r.get_mut().write_all(&[b]).ok()?;
+        }
+        c.response(false)
+    })
+}
+
+/// A small body trickled in by slow clients is read by the front end: no worker waits for it,
+/// and everyone else is served meanwhile.
+#[test]
+fn slow_small_bodies_hold_no_worker() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_concurrent_requests = 2);
+    let slow: Vec<_> = (0..6)
+        .map(|i| {
+            let head = format!("POST /slow{i} HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n");
+            trickle(
+                s.addr(),
+                head,
+                b"abcdef".to_vec(),
+                Duration::from_millis(300),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let until = Instant::now() + Duration::from_millis(1200);
+    let mut served = 0;
+    while Instant::now() < until {
+        let t = Instant::now();
+        assert_eq!(get(s.addr(), "/fast").status, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        served += 1;
+    }
+    assert!(served > 10, "{served}");
+    assert_eq!(
+        metrics(s.addr())["queue_size"],
+        0,
+        "no request waited for a worker held by a trickling body"
+    );
+    for h in slow {
+        assert_eq!(h.join().unwrap().unwrap().status, 200);
+    }
+    let got = up.received();
+    assert!(got
+        .iter()
+        .filter(|r| r.target.starts_with("/slow"))
+        .all(|r| r.body_prefix == b"abcdef"));
+}
+
+/// A small body that does not arrive within client_header_timeout gets 408 body_timeout.
+#[test]
+fn a_small_body_that_never_completes_gets_408() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.client_header_timeout = Duration::from_millis(500)
+    });
+    let mut c = Conn::open(s.addr());
+    c.send(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
+    let r = c.response(false).unwrap();
+    r.assert_sluice_error(408, "body_timeout");
+    assert_eq!(up.request_count(), 0, "nothing was sent upstream");
+}
+
+/// `Expect: 100-continue` with a small body: the front end says continue, then reads it.
+#[test]
+fn expect_continue_is_answered_by_the_front_end_before_the_body() {
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    let mut c = Conn::open(s.addr());
+    c.send(b"PUT /e?echo_body=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut c.r, &mut line).unwrap();
+    assert_eq!(
+        line, "HTTP/1.1 100 Continue\r\n",
+        "before any body byte was sent"
+    );
+    c.send(b"hello");
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+}
+
+/// A larger body streamed by a worker must keep up client_min_rate: below it, 408 and the
+/// worker is free again.
+#[test]
+fn a_large_body_below_the_minimum_rate_is_cut_with_408() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.client_buffer = 1024;
+        c.client_min_rate = 1000;
+        c.client_header_timeout = Duration::from_millis(500);
+    });
+    let started = Instant::now();
+    let mut c = Conn::open(s.addr());
+    c.send(b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+    c.send(&[b'x'; 2000]);
+    let mut w = c.r.get_ref().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(100));
+            if w.write_all(&[b'y'; 20]).is_err() {
+                return; // 200 B/s until sluice gives up
+            }
+        }
+    });
+    let r = c.response(false).expect("an answer before the body ended");
+    let took = started.elapsed();
+    eprintln!("408 after {took:?}");
+    r.assert_sluice_error(408, "body_timeout");
+    // 2,000 bytes at once, then 200 B/s against 1,000 B/s after 0.5 s of grace: cut at ~3.1 s.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let _ = writer.join();
+    assert!(eventually(Duration::from_secs(2), || active(s.addr()) == 0));
+    let m = metrics(s.addr());
+    assert_eq!(m["circuit_state"], "closed");
+}
+
+/// A client that does not read a response that fits client_buffer does not hold the worker:
+/// the front end sends the rest as the client reads, whole and in order.
+#[test]
+fn a_slow_reader_of_a_buffered_response_holds_no_worker() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.max_concurrent_requests = 1;
+        c.client_buffer = 16 << 20;
+    });
+    let size = 12u64 << 20;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.addr().into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.write_all(format!("GET /big?body_bytes={size} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || up.request_count()
+        == 1
+        && active(s.addr()) == 0));
+    assert_eq!(
+        get(s.addr(), "/other").status,
+        200,
+        "the one worker is free"
+    );
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::with_capacity(size as usize + 1024);
+    let mut buf = vec![0u8; 1 << 16];
+    while got.len() < size as usize {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    while got.len() < at + size as usize {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let body = &got[at..];
+    assert_eq!(body.len() as u64, size);
+    assert!(body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == sluice_tools::upstream::pattern_byte(i as u64)));
+}
+
+/// A response too large to hold, sent to a client that does not read it, must leave at
+/// client_min_rate: the worker gives up on that client within a bounded time.
+#[test]
+fn a_reader_below_the_minimum_rate_frees_its_worker() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.max_concurrent_requests = 1;
+        c.client_buffer = 0;
+        c.client_min_rate = 10 << 20;
+        c.client_header_timeout = Duration::from_millis(500);
+    });
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    c.write_all(b"GET /big?body_bytes=500000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || up.request_count() == 1));
+    let t = Instant::now();
+    assert!(eventually(Duration::from_secs(5), || active(s.addr()) == 0));
+    eprintln!(
+        "worker freed {:?} after the upstream got the request",
+        t.elapsed()
+    );
+    assert_eq!(get(s.addr(), "/other").status, 200);
+    let m = metrics(s.addr());
+    assert_eq!(m["client_aborted_requests"], 1, "{m}");
+}
+
+/// A client pipelining requests that sluice answers itself cannot stall the event loop for
+/// everyone else.
+#[test]
+fn a_pipelining_client_does_not_stall_the_event_loop() {
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    let addr = s.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_write_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut reader = c.try_clone().unwrap();
+            let drain = std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while reader.read(&mut buf).is_ok_and(|n| n > 0) {}
+            });
+            let batch = b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n".repeat(500);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if c.write_all(&batch).is_err() {
+                    break;
+                }
+            }
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            let _ = drain.join();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(get(addr, "/proxy-health").status, 200);
+        worst = worst.max(t.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = flood.join();
+    eprintln!("worst health-check time beside the flood: {worst:?}");
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+}
+
+/// One hostile behaviour, played by one client.
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    HangsUp,
+    TricklesSmallBody,
+    TricklesLargeBody,
+    ReadsSmallResponseSlowly,
+    ReadsLargeResponseSlowly,
+    Unencodable,
+    Pipelines,
+}
+
+fn play(kind: Hostile, addr: std::net::SocketAddr, for_: Duration) {
+    let until = Instant::now() + for_;
+    let connect = || {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let s: TcpStream = sock.into();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    };
+    while Instant::now() < until {
+        let mut c = connect();
+        let _ = match kind {
+            Hostile::HangsUp => c
+                .write_all(b"GET /h?hang=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+                .map(|_| std::thread::sleep(Duration::from_millis(300))),
+            Hostile::TricklesSmallBody => c
+                .write_all(b"POST /t HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n")
+                .and_then(|_| {
+                    for b in b"abcdef" {
+                        std::thread::sleep(Duration::from_millis(200));
+                        c.write_all(&[*b])?;
+                    }
+                    Ok(())
+                }),
+            Hostile::TricklesLargeBody => c
+                .write_all(b"POST /t HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+                .and_then(|_| {
+                    for _ in 0..20 {
+                        std::thread::sleep(Duration::from_millis(100));
+                        c.write_all(&[b'x'; 10])?;
+                    }
+                    Ok(())
+                }),
+            Hostile::ReadsSmallResponseSlowly => c
+                .write_all(b"GET /s?body_bytes=200000 HTTP/1.1\r\nHost: a\r\n\r\n")
+                .map(|_| std::thread::sleep(Duration::from_millis(1500))),
+            Hostile::ReadsLargeResponseSlowly => c
+                .write_all(b"GET /l?body_bytes=100000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+                .map(|_| std::thread::sleep(Duration::from_millis(1500))),
+            Hostile::Unencodable => {
+                let raw = b"GET /u HTTP/1.1\r\nHost: a\r\nAuthorization: B\xe9arer\r\n\r\n";
+                (0..50).try_for_each(|_| c.write_all(raw))
+            }
+            Hostile::Pipelines => {
+                let batch = b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n".repeat(200);
+                let mut r = c.try_clone().unwrap();
+                let drain = std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while r.read(&mut buf).is_ok_and(|n| n > 0) {}
+                });
+                let mut sent = Ok(());
+                for _ in 0..20 {
+                    sent = c.write_all(&batch);
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                let _ = c.shutdown(std::net::Shutdown::Both);
+                let _ = drain.join();
+                sent
+            }
+        };
+    }
+}
+
+/// Well-behaved clients on kept-alive connections: (statuses, latencies).
+fn behave(addr: std::net::SocketAddr, for_: Duration) -> (Vec<u16>, Vec<Duration>) {
+    let until = Instant::now() + for_;
+    let mut c = Conn::open(addr);
+    let (mut statuses, mut took) = (Vec::new(), Vec::new());
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = c.get("/ok?delay_ms=5");
+        took.push(t.elapsed());
+        statuses.push(r.status);
+        if r.header("connection") == Some("close") {
+            c = Conn::open(addr);
+        }
+    }
+    (statuses, took)
+}
+
+/// The worker budget: with 4 workers, 12 clients of each hostile kind at once, while
+/// well-behaved clients keep sending — every well-behaved request succeeds, the breaker stays
+/// closed, and no worker stays busy afterwards.
+#[test]
+fn hostile_clients_cannot_take_the_workers_from_well_behaved_ones() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.max_concurrent_requests = 4;
+        c.max_queue_size = 64;
+        c.client_buffer = 16 * 1024;
+        c.client_min_rate = 20 << 20;
+        c.client_header_timeout = Duration::from_millis(1000);
+        c.circuit_breaker_threshold = 3;
+    });
+    let addr = s.addr();
+    let phase = Duration::from_millis(2500);
+    for kind in [
+        Hostile::HangsUp,
+        Hostile::TricklesSmallBody,
+        Hostile::TricklesLargeBody,
+        Hostile::ReadsSmallResponseSlowly,
+        Hostile::ReadsLargeResponseSlowly,
+        Hostile::Unencodable,
+        Hostile::Pipelines,
+    ] {
+        let hostile: Vec<_> = (0..12)
+            .map(|_| std::thread::spawn(move || play(kind, addr, phase)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let good: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || behave(addr, phase - Duration::from_millis(400))))
+            .collect();
+        let (mut statuses, mut took) = (Vec::new(), Vec::new());
+        for g in good {
+            let (s, t) = g.join().unwrap();
+            statuses.extend(s);
+            took.extend(t);
+        }
+        for h in hostile {
+            h.join().unwrap();
+        }
+        took.sort();
+        let p99 = took[(took.len() * 99 / 100).min(took.len() - 1)];
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        eprintln!(
+            "{kind:?}: well-behaved {ok}/{} succeeded, p99 {p99:?}",
+            statuses.len()
+        );
+        assert_eq!(ok, statuses.len(), "{kind:?}: {statuses:?}");
+        assert!(
+            eventually(Duration::from_secs(5), || active(addr) == 0),
+            "{kind:?}: a worker stayed busy"
+        );
+        assert_eq!(metrics(addr)["circuit_state"], "closed", "{kind:?}");
+    }
+}

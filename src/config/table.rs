@@ -182,6 +182,10 @@ settings! {
     client_header_timeout: Duration = Duration::from_secs(10), SECS, reload, option(String);
     /// seconds an idle keep-alive client connection is kept (default 60)
     client_idle_timeout: Duration = Duration::from_secs(60), SECS, reload, option(String);
+    /// request bodies up to this many bytes are read by the front end before a worker is used, and responses up to it are handed back to the front end for a slow reader (default 65536)
+    client_buffer: usize = 65536, int(0, 16 * 1024 * 1024, "a byte count 0-16777216"), reload, option(String);
+    /// bytes per second a client must keep up while a worker streams its larger body or response, after client_header_timeout of grace; below it 408 and close (default 1024; 0 = off)
+    client_min_rate: u64 = 1024, int(0, 1 << 40, "a byte rate >= 0 (0 = off)"), reload, option(String);
     /// largest request head in bytes; else 431 (default 65536)
     max_header_bytes: usize = 65536, int(1024, 16 * 1024 * 1024, "a byte count 1024-16777216"), reload, option(String);
     /// largest request body in bytes; else 413 (default 0 = unlimited)

@@ -3,18 +3,20 @@
 //! — what the socket does not take now goes out as it drains, and no new request is read from
 //! that connection until it has.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::Front;
 use crate::config::Config;
+use crate::http::parse::RequestHead;
 use crate::pool::handoff::Client;
+use crate::state::InProgress;
 
 /// A connection waiting on the front end for its next request, or for its answer to go out.
 pub(super) struct Entry {
@@ -25,6 +27,25 @@ pub(super) struct Entry {
     /// Answer bytes the socket has not taken yet; no new request is read until they are out.
     pub out: Vec<u8>,
     pub close_after: bool,
+    /// A request whose body the front end is reading before it goes to a worker.
+    pub body_wait: Option<Pending>,
+    /// Close gracefully after the answer: the client may still be sending a request body.
+    pub linger_on_close: bool,
+    /// The answer is out and sluice has closed its side: what the client still sends is read
+    /// and dropped until it closes too (or `LINGER` passes), so that an answer sent before the
+    /// client finished its request body is not lost to a reset.
+    pub lingering: bool,
+}
+
+/// The longest a closing connection is read and drained after sluice's last answer.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A request waiting for its (small) body to arrive whole.
+pub(super) struct Pending {
+    pub head: RequestHead,
+    pub request_id: String,
+    pub started: Instant,
+    pub in_progress: InProgress,
 }
 
 impl Entry {
@@ -35,8 +56,20 @@ impl Entry {
             head_begun: false,
             out: Vec::new(),
             close_after: false,
+            body_wait: None,
+            linger_on_close: false,
+            lingering: false,
         };
         e.wait_for_request(cfg, first);
+        let (out, close) = e.client.io.take_unsent();
+        if !out.is_empty() || close {
+            // A worker left part of a response for a slow reader, or its answer on a connection
+            // that closes: the bytes go out first, then a graceful close.
+            e.out = out;
+            e.close_after = close;
+            e.linger_on_close = close;
+            e.deadline = Instant::now() + e.client.io.io_timeout;
+        }
         e
     }
 
@@ -101,8 +134,7 @@ impl Front {
                 e.wait_for_request(&cfg, false);
                 return true;
             }
-            let _ = e.client.io.stream().shutdown(std::net::Shutdown::Write);
-            self.close(key);
+            self.closed_by_sluice(key);
             return false;
         }
         e.out = bytes[n..].to_vec();
@@ -127,12 +159,48 @@ impl Front {
         }
         e.out = Vec::new();
         if e.close_after {
-            let _ = e.client.io.stream().shutdown(std::net::Shutdown::Write);
-            return self.close(key);
+            self.interest(key, Interest::READABLE);
+            return self.closed_by_sluice(key);
         }
         e.wait_for_request(&cfg, false);
         self.interest(key, Interest::READABLE);
         self.advance(key);
+    }
+
+    /// sluice's last answer is out: close now, or gracefully if the client may still be
+    /// sending a body.
+    fn closed_by_sluice(&mut self, key: usize) {
+        match self.entry(key) {
+            Some(e) if e.linger_on_close => self.linger(key),
+            Some(e) => {
+                let _ = e.client.io.stream().shutdown(std::net::Shutdown::Write);
+                self.close(key);
+            }
+            None => {}
+        }
+    }
+
+    /// Closes sluice's side after its last answer and drains what the client still sends.
+    pub(super) fn linger(&mut self, key: usize) {
+        let Some(e) = self.entry(key) else {
+            return;
+        };
+        if !e.lingering {
+            let _ = e.client.io.stream().shutdown(std::net::Shutdown::Write);
+            e.lingering = true;
+            e.head_begun = false;
+            e.deadline = Instant::now() + LINGER;
+        }
+        let mut sink = [0u8; 4096];
+        loop {
+            match e.client.io.stream().read(&mut sink) {
+                Ok(0) => return self.close(key),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.close(key),
+            }
+        }
     }
 
     pub(super) fn interest(&mut self, key: usize, interest: Interest) {

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conns::{write_some, Entry};
+use super::conns::{write_some, Entry, Pending};
 use super::{admin, Front};
 use crate::config::Config;
 use crate::http::answer::{self, Answer};
+use crate::http::conn::BodyPoll;
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::write;
 use crate::observe::access_log::RequestCtx;
@@ -21,6 +22,7 @@ use crate::policy::refusal::{refusal, Gate};
 use crate::pool::handoff::{Client, Job, Parked};
 use crate::pool::slot::Slot;
 use crate::state::Shared;
+use crate::upstream::request::check_encodable;
 
 impl Front {
     /// Handles one request head. True if the connection is still here, ready for the next one.
@@ -39,13 +41,16 @@ impl Front {
             breaker_open_for: self.shared.breaker_open_for(),
             ..Gate::default()
         };
-        // Answered here, with no worker: `OPTIONS *`, WebSocket upgrades, a draining sluice, an
-        // open breaker.
+        // Answered here, with no worker: `OPTIONS *`, WebSocket upgrades, requests ureq cannot
+        // send, a draining sluice, an open breaker.
         let local = if head.path == "*" {
             Some((options_star(&head), Outcome::Upstream(200)))
         } else if head.wants_websocket() {
             let reason = Reason::UpgradeUnsupported;
             let a = answer::error(&head, reason, &request_id, None, body_done);
+            Some((a, Outcome::Sluice(reason)))
+        } else if let Err(reason) = check_encodable(&head, cfg.target_base().len()) {
+            let a = answer::error(&head, reason, &request_id, None, false);
             Some((a, Outcome::Sluice(reason)))
         } else {
             refusal(&gate).map(|r| {
@@ -60,15 +65,59 @@ impl Front {
             let ctx = RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO);
             return self.answer_here(key, &ctx, answer, outcome);
         }
-        let Some(entry) = self.send_away(key) else {
-            return false;
-        };
-        let slot = Arc::new(Slot::new(Parked {
-            client: entry.client,
+        let pending = Pending {
             head,
             request_id,
             started,
             in_progress,
+        };
+        self.wait_for_body(key, pending, cfg)
+    }
+
+    /// A small request body is read here, whole, before a worker is used, so that no worker
+    /// waits on a slow client for it (README "What can hold a worker"); a larger one is
+    /// streamed by the worker under the minimum rate. True if the connection is still here,
+    /// ready for its next request.
+    fn wait_for_body(&mut self, key: usize, mut p: Pending, cfg: &Config) -> bool {
+        let limit = cfg.client_buffer;
+        if p.head.framing == Framing::None || limit == 0 {
+            return self.dispatch(key, p, cfg);
+        }
+        let Some(e) = self.entry(key) else {
+            return false;
+        };
+        match e.client.io.poll_body(p.head.framing, limit) {
+            BodyPoll::Complete | BodyPoll::Stream => self.dispatch(key, p, cfg),
+            BodyPoll::Closed => {
+                self.abandoned(key, p);
+                false
+            }
+            BodyPoll::Pending => {
+                if p.head.expect_continue {
+                    // The client waits for this before it sends the body.
+                    let _ = write_some(e.client.io.stream(), b"HTTP/1.1 100 Continue\r\n\r\n");
+                    p.head.expect_continue = false;
+                }
+                e.deadline = p.started + cfg.client_header_timeout;
+                e.body_wait = Some(p);
+                false
+            }
+        }
+    }
+
+    /// Parks a request whose body is buffered (or will be streamed) and queues it for a
+    /// worker; 503 `queue_full` if there is no room. True if the connection is still here.
+    pub(super) fn dispatch(&mut self, key: usize, p: Pending, cfg: &Config) -> bool {
+        let Some(entry) = self.send_away(key) else {
+            return false;
+        };
+        let started = p.started;
+        let slot = Arc::new(Slot::new(Parked {
+            client: entry.client,
+            head: p.head,
+            request_id: p.request_id,
+            started,
+            in_progress: p.in_progress,
         }));
         if let Some(ticket) = self.shared.admission.try_enter() {
             let job = Job {
@@ -88,6 +137,31 @@ impl Front {
             Some(parked) => self.answer_parked(parked, Reason::QueueFull, Duration::ZERO),
             None => false,
         }
+    }
+
+    /// The client closed while its body was being read: counted as its abort.
+    pub(super) fn abandoned(&mut self, key: usize, p: Pending) {
+        if let Some(peer) = self.entry(key).map(|e| e.client.io.peer) {
+            let ctx = RequestCtx::new(&p.head, &p.request_id, peer, p.started, Duration::ZERO);
+            self.shared
+                .finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
+        }
+        self.close(key);
+    }
+
+    /// The body did not arrive whole within `client_header_timeout`: 408, then close.
+    pub(super) fn refuse_body(&mut self, key: usize) {
+        let Some(e) = self.entry(key) else {
+            return;
+        };
+        let (Some(p), peer) = (e.body_wait.take(), e.client.io.peer) else {
+            return;
+        };
+        e.linger_on_close = true;
+        let reason = Reason::BodyTimeout;
+        let answer = answer::error(&p.head, reason, &p.request_id, None, false);
+        let ctx = RequestCtx::new(&p.head, &p.request_id, peer, p.started, Duration::ZERO);
+        self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
     }
 
     /// Answers a request that no worker will serve (queue full, queue time run out) and takes

@@ -30,7 +30,7 @@ use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::http::conn::{ClientConn, HeadPoll};
+use crate::http::conn::{BodyPoll, ClientConn, HeadPoll};
 use crate::http::parse::HeadError;
 use crate::policy::reason::Reason;
 use crate::pool::handoff::{Back, Client, Job, Parked};
@@ -76,6 +76,8 @@ pub struct Front {
     last_error_log: Option<Instant>,
     /// Connections whose turn ended with requests possibly left to read: served next turn.
     more: Vec<usize>,
+    /// Accepting stopped at its share this turn with connections possibly still waiting.
+    accept_more: bool,
 }
 
 impl Front {
@@ -108,6 +110,7 @@ impl Front {
             accept_paused_until: None,
             last_error_log: None,
             more: Vec::new(),
+            accept_more: false,
         };
         Ok((front, back))
     }
@@ -143,7 +146,7 @@ impl Front {
             }
             self.back.asleep.store(true, SeqCst);
             fence(SeqCst);
-            if !self.returns.is_empty() || !self.more.is_empty() {
+            if !self.returns.is_empty() || !self.more.is_empty() || self.accept_more {
                 timeout = Duration::ZERO;
             }
             let polled = self.poll.poll(&mut events, Some(timeout));
@@ -174,6 +177,9 @@ impl Front {
                     self.close(key);
                 }
             }
+            if std::mem::take(&mut self.accept_more) {
+                guarded(&shared, || self.accept());
+            }
             let now = Instant::now();
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
@@ -197,8 +203,11 @@ impl Front {
         self.back.listening.store(false, SeqCst);
     }
 
+    /// Accepts at most `TURN` × 4 connections a turn: a flood of new connections is taken in
+    /// as fast as it is served, not all at once (which would fill `max_connections` with
+    /// connections not yet read).
     fn accept(&mut self) {
-        loop {
+        for _ in 0..TURN * 4 {
             let Some(listener) = &self.listener else {
                 return;
             };
@@ -219,6 +228,7 @@ impl Front {
                 }
             }
         }
+        self.accept_more = true;
     }
 
     fn open(&mut self, stream: TcpStream, peer: SocketAddr) {
@@ -241,6 +251,8 @@ impl Front {
                 .is_ok();
         if registered {
             self.insert(key, Entry::waiting(client, &cfg, true));
+            // A client usually sends its request at once: read it now, not a turn later.
+            self.advance(key);
         }
     }
 
@@ -256,7 +268,9 @@ impl Front {
             }
             return;
         };
-        if e.out.is_empty() {
+        if e.lingering {
+            self.linger(key);
+        } else if e.out.is_empty() {
             self.advance(key);
         } else {
             self.flush(key);
@@ -270,9 +284,16 @@ impl Front {
         let cfg = self.shared.config();
         while let Ok(client) = self.returns.try_recv() {
             let key = client.key();
-            self.insert(key, Entry::waiting(client, &cfg, false));
-            // Whatever arrived while a worker had the connection raised no event here.
-            self.advance(key);
+            let entry = Entry::waiting(client, &cfg, false);
+            let unsent = !entry.out.is_empty() || entry.close_after;
+            self.insert(key, entry);
+            if unsent {
+                self.interest(key, Interest::READABLE | Interest::WRITABLE);
+                self.flush(key);
+            } else {
+                // Whatever arrived while a worker had the connection raised no event here.
+                self.advance(key);
+            }
         }
     }
 
@@ -286,6 +307,21 @@ impl Front {
             };
             if !e.out.is_empty() {
                 return;
+            }
+            if let Some(p) = e.body_wait.take() {
+                match e.client.io.poll_body(p.head.framing, cfg.client_buffer) {
+                    BodyPoll::Pending => {
+                        e.body_wait = Some(p);
+                        return;
+                    }
+                    BodyPoll::Closed => return self.abandoned(key, p),
+                    BodyPoll::Complete | BodyPoll::Stream => {
+                        if !self.dispatch(key, p, &cfg) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
             }
             match e.client.io.poll_head(cfg.max_header_bytes) {
                 HeadPoll::Pending => {
@@ -343,7 +379,9 @@ impl Front {
             if now < e.deadline {
                 continue;
             }
-            if e.head_begun && e.out.is_empty() {
+            if e.body_wait.is_some() {
+                self.refuse_body(key);
+            } else if e.head_begun && e.out.is_empty() {
                 self.refuse_head(key, Reason::HeaderTimeout);
             } else {
                 self.close(key); // idle past its timeout, or not reading its answer

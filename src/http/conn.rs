@@ -7,7 +7,9 @@ use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::parse::{parse_head, HeadError, RequestHead};
+use super::body::{BodyError, RequestBody};
+use super::parse::{parse_head, Framing, HeadError, RequestHead};
+use crate::policy::pace::Pace;
 
 const INITIAL_BUFFER: usize = 4096;
 
@@ -64,12 +66,40 @@ pub struct ClientConn {
     pub peer: SocketAddr,
     /// How long one read of a request body, or one write of a response, may block.
     pub io_timeout: Duration,
+    /// The minimum rate the client must keep while a worker reads its body from the socket.
+    read_pace: Option<Paced>,
+    /// Response bytes the client has not taken yet, for the front end to send as it drains,
+    /// and whether the connection closes after them.
+    unsent: (Vec<u8>, bool),
 }
 
-/// Reads a connection's bytes: buffered ones first, then the socket.
+/// A pace and the bytes moved under it.
+#[derive(Clone, Copy, Debug)]
+struct Paced {
+    pace: Pace,
+    bytes: u64,
+}
+
+/// Where a non-blocking read of a buffered request body got to (`ClientConn::poll_body`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyPoll {
+    /// The whole body is in the buffer: a worker will not wait on the client for it.
+    Complete,
+    /// More is to come.
+    Pending,
+    /// Larger than the buffer: a worker streams it.
+    Stream,
+    /// The client closed (or the socket failed).
+    Closed,
+}
+
+/// Reads a connection's bytes: buffered ones first, then the socket (under the read pace).
 pub struct Reader<'a> {
     rb: &'a mut ReadBuf,
     stream: &'a TcpStream,
+    pace: Option<&'a mut Paced>,
+    read_timeout: &'a mut Option<Duration>,
+    io_timeout: Duration,
 }
 
 impl ClientConn {
@@ -87,6 +117,8 @@ impl ClientConn {
             },
             peer,
             io_timeout,
+            read_pace: None,
+            unsent: (Vec::new(), false),
         }
     }
 
@@ -110,9 +142,119 @@ impl ClientConn {
             Reader {
                 rb: &mut self.rb,
                 stream: &self.stream,
+                pace: self.read_pace.as_mut(),
+                read_timeout: &mut self.read_timeout,
+                io_timeout: self.io_timeout,
             },
             &self.stream,
         )
+    }
+
+    /// From now on, body reads from the socket must keep up `pace` (`None`: only the per-read
+    /// `io_timeout`).
+    pub fn pace_reads(&mut self, pace: Option<Pace>) {
+        self.read_pace = pace.map(|pace| Paced { pace, bytes: 0 });
+    }
+
+    /// Reads, without blocking, what the socket has of a request body whose head was just
+    /// parsed, until the whole body is buffered, the buffer's `limit` is passed, or the socket
+    /// has no more for now.
+    pub fn poll_body(&mut self, framing: Framing, limit: usize) -> BodyPoll {
+        self.rb.compact();
+        // Chunk-size lines and CRLFs travel with the data: room for them on top of `limit`.
+        let room = limit.saturating_mul(2) + INITIAL_BUFFER;
+        loop {
+            let rb = &mut self.rb;
+            match buffered_body(&rb.buf[rb.pos..rb.end], framing, limit) {
+                Buffered::Complete | Buffered::Malformed => return BodyPoll::Complete,
+                Buffered::TooLarge => return BodyPoll::Stream,
+                Buffered::Incomplete if rb.end - rb.pos >= room => return BodyPoll::Stream,
+                Buffered::Incomplete => {}
+            }
+            if rb.end == rb.buf.len() {
+                let grown = (rb.buf.len() * 2).clamp(INITIAL_BUFFER, rb.pos + room);
+                rb.buf.resize(grown, 0);
+            }
+            match (&self.stream).read(&mut rb.buf[rb.end..]) {
+                Ok(0) => return BodyPoll::Closed,
+                Ok(n) => rb.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return BodyPoll::Pending,
+                Err(_) => return BodyPoll::Closed,
+            }
+        }
+    }
+
+    /// True if the body of the request just parsed is all in the buffer already.
+    pub fn body_buffered(&self, framing: Framing) -> bool {
+        let data = &self.rb.buf[self.rb.pos..self.rb.end];
+        matches!(
+            buffered_body(data, framing, usize::MAX),
+            Buffered::Complete | Buffered::Malformed
+        )
+    }
+
+    /// Writes what the socket takes now without waiting (the socket may be blocking); returns
+    /// how much it took.
+    pub fn try_send(&self, bytes: &[u8]) -> io::Result<usize> {
+        let sock = socket2::SockRef::from(&self.stream);
+        let mut n = 0;
+        while n < bytes.len() {
+            match sock.send_with_flags(&bytes[n..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes all of `bytes`, blocking, each write under what is left of `pace` (at most
+    /// `io_timeout`); `written` counts the bytes moved under that pace.
+    pub fn write_paced(&mut self, bytes: &[u8], pace: &Pace, written: &mut u64) -> io::Result<()> {
+        let mut current = None;
+        let mut n = 0;
+        while n < bytes.len() {
+            let wait = pace
+                .wait(*written, Instant::now(), self.io_timeout)
+                .ok_or(io::ErrorKind::TimedOut)?;
+            if current != Some(wait) {
+                self.stream.set_write_timeout(Some(wait))?;
+                current = Some(wait);
+            }
+            match (&self.stream).write(&bytes[n..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    n += k;
+                    *written += k as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if current.is_some_and(|c| c != self.io_timeout) {
+            self.stream.set_write_timeout(Some(self.io_timeout))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps response bytes the client has not taken, for the front end to send; `close`: the
+    /// connection closes after them.
+    pub fn leave_unsent(&mut self, bytes: Vec<u8>, close: bool) {
+        self.unsent = (bytes, close);
+    }
+
+    /// The response bytes a worker left unsent, and whether to close after them.
+    pub fn take_unsent(&mut self) -> (Vec<u8>, bool) {
+        std::mem::take(&mut self.unsent)
+    }
+
+    /// True if a worker left the front end something to do: response bytes to send, or a
+    /// graceful close.
+    pub fn has_unsent(&self) -> bool {
+        !self.unsent.0.is_empty() || self.unsent.1
     }
 
     /// True if request bytes are already buffered (a pipelined request is waiting).
@@ -219,6 +361,44 @@ impl ClientConn {
     }
 }
 
+/// How much of a request body the buffer holds.
+enum Buffered {
+    Complete,
+    Incomplete,
+    /// Its (decoded) size is over the limit.
+    TooLarge,
+    /// Broken framing: the worker reads it from the buffer and refuses it at once.
+    Malformed,
+}
+
+fn buffered_body(data: &[u8], framing: Framing, limit: usize) -> Buffered {
+    match framing {
+        Framing::None => Buffered::Complete,
+        Framing::Length(n) if n > limit as u64 => Buffered::TooLarge,
+        Framing::Length(n) if data.len() as u64 >= n => Buffered::Complete,
+        Framing::Length(_) => Buffered::Incomplete,
+        Framing::Chunked => {
+            let mut src = data;
+            let mut body = RequestBody::new(&mut src, Framing::Chunked, limit as u64);
+            let mut sink = [0u8; 4096];
+            loop {
+                match body.read(&mut sink) {
+                    Ok(0) if body.is_complete() => return Buffered::Complete,
+                    Ok(0) => return Buffered::Incomplete,
+                    Ok(_) => {}
+                    Err(_) => {
+                        return match body.failure {
+                            Some(BodyError::Truncated) => Buffered::Incomplete,
+                            Some(BodyError::TooLarge) => Buffered::TooLarge,
+                            _ => Buffered::Malformed,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn set_timeout(stream: &TcpStream, current: &mut Option<Duration>, want: Duration) {
     if *current != Some(want) && stream.set_read_timeout(Some(want)).is_ok() {
         *current = Some(want);
@@ -279,10 +459,38 @@ impl ReadBuf {
     }
 }
 
+impl Reader<'_> {
+    /// One read from the socket, under the pace if there is one.
+    fn read_socket(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(p) = self.pace.as_deref_mut() {
+            let wait = p
+                .pace
+                .wait(p.bytes, Instant::now(), self.io_timeout)
+                .ok_or(io::ErrorKind::TimedOut)?;
+            set_timeout(self.stream, self.read_timeout, wait);
+        }
+        loop {
+            match self.stream.read(out) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Body bytes delivered count towards the pace, whether they came buffered or not.
+    fn delivered(&mut self, n: usize) {
+        if let Some(p) = self.pace.as_deref_mut() {
+            p.bytes += n as u64;
+        }
+    }
+}
+
 impl Read for Reader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.rb.pos == self.rb.end && out.len() >= INITIAL_BUFFER {
-            return self.stream.read(out);
+            let n = self.read_socket(out)?;
+            self.delivered(n);
+            return Ok(n);
         }
         let avail = self.fill_buf()?;
         let n = avail.len().min(out.len());
@@ -294,26 +502,24 @@ impl Read for Reader<'_> {
 
 impl BufRead for Reader<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        let rb = &mut *self.rb;
-        if rb.pos == rb.end {
-            if rb.buf.len() < INITIAL_BUFFER * 4 {
-                rb.buf.resize(INITIAL_BUFFER * 4, 0);
+        if self.rb.pos == self.rb.end {
+            let mut buf = std::mem::take(&mut self.rb.buf);
+            if buf.len() < INITIAL_BUFFER * 4 {
+                buf.resize(INITIAL_BUFFER * 4, 0);
             }
-            rb.pos = 0;
-            rb.end = 0;
-            let n = loop {
-                match self.stream.read(&mut rb.buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r?,
-                }
-            };
-            rb.end = n;
+            let read = self.read_socket(&mut buf);
+            self.rb.buf = buf;
+            self.rb.pos = 0;
+            self.rb.end = 0;
+            self.rb.end = read?;
         }
-        Ok(&rb.buf[rb.pos..rb.end])
+        Ok(&self.rb.buf[self.rb.pos..self.rb.end])
     }
 
     fn consume(&mut self, n: usize) {
-        self.rb.pos = (self.rb.pos + n).min(self.rb.end);
+        let n = n.min(self.rb.end - self.rb.pos);
+        self.rb.pos += n;
+        self.delivered(n);
     }
 }
 

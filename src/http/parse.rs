@@ -61,14 +61,18 @@ impl RequestHead {
         self.method == "HEAD"
     }
 
-    /// True if the client asks to switch this connection to WebSocket (RFC 6455), which sluice
-    /// does not tunnel.
+    /// True if the client asks to switch this connection to WebSocket (RFC 6455: `Upgrade:
+    /// websocket` named by `Connection: upgrade`), which sluice does not tunnel. Other upgrade
+    /// offers (h2c) are only offers: they are dropped as hop-by-hop and the request is served.
     pub fn wants_websocket(&self) -> bool {
-        self.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        let has = |name: &str, token: &[u8]| {
+            self.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .flat_map(|h| h.value.split(|&b| b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        };
+        has("connection", b"upgrade") && has("upgrade", b"websocket")
     }
 }
 

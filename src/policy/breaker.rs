@@ -152,6 +152,17 @@ impl Breaker {
         }
     }
 
+    /// As `admit`, for a request that may not be the probe (`may_probe` false: its body is still
+    /// to come from the client, which could hold the breaker half-open at the client's pace):
+    /// while half-open it is refused and the probe slot stays free for another request.
+    pub fn admit_as(&mut self, now: Instant, may_probe: bool) -> (Admit, Option<Transition>) {
+        if !may_probe && self.state(now) == State::HalfOpen {
+            let retry_after = Duration::from_secs(1);
+            return (Admit::Reject { retry_after }, None);
+        }
+        self.admit(now)
+    }
+
     /// Reports how an admitted request ended.
     pub fn record(&mut self, now: Instant, verdict: Verdict, probe: bool) -> Option<Transition> {
         if probe {
@@ -248,6 +259,22 @@ mod tests {
                 retry_after: Duration::from_secs(40)
             }
         );
+    }
+
+    #[test]
+    fn a_request_whose_body_is_still_to_come_is_never_the_probe() {
+        let now = t0();
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        b.record(now, Verdict::Failure, false);
+        let later = now + Duration::from_secs(11);
+        assert!(matches!(b.admit_as(later, false).0, Admit::Reject { .. }));
+        assert_eq!(
+            b.admit_as(later, true).0,
+            Admit::Probe,
+            "the slot stayed free"
+        );
+        let mut closed = Breaker::new(1, Duration::from_secs(10));
+        assert_eq!(closed.admit_as(now, false).0, Admit::Pass);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub enum Reason {
     UpstreamTimeout,
     BadRequest,
     HeaderTimeout,
+    BodyTimeout,
     BodyTooLarge,
     UriTooLong,
     HeadersTooLarge,
@@ -25,7 +26,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::CircuitOpen,
@@ -37,6 +38,7 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::BadRequest,
         Reason::HeaderTimeout,
+        Reason::BodyTimeout,
         Reason::BodyTooLarge,
         Reason::UriTooLong,
         Reason::HeadersTooLarge,
@@ -56,6 +58,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::BadRequest => "bad_request",
             Reason::HeaderTimeout => "header_timeout",
+            Reason::BodyTimeout => "body_timeout",
             Reason::BodyTooLarge => "body_too_large",
             Reason::UriTooLong => "uri_too_long",
             Reason::HeadersTooLarge => "headers_too_large",
@@ -77,6 +80,7 @@ impl Reason {
             | Reason::UpstreamTimeout => Origin::Upstream,
             Reason::BadRequest
             | Reason::HeaderTimeout
+            | Reason::BodyTimeout
             | Reason::BodyTooLarge
             | Reason::UriTooLong
             | Reason::HeadersTooLarge
@@ -100,7 +104,7 @@ impl Reason {
             Reason::ConnectFailed | Reason::UpstreamError => 502,
             Reason::ConnectTimeout | Reason::UpstreamTimeout => 504,
             Reason::BadRequest => 400,
-            Reason::HeaderTimeout => 408,
+            Reason::HeaderTimeout | Reason::BodyTimeout => 408,
             Reason::BodyTooLarge => 413,
             Reason::UriTooLong => 414,
             Reason::HeadersTooLarge => 431,
@@ -123,6 +127,7 @@ impl Reason {
             Reason::UpstreamTimeout => "timed out waiting for the upstream",
             Reason::BadRequest => "malformed request",
             Reason::HeaderTimeout => "the request head did not arrive in time",
+            Reason::BodyTimeout => "the request body did not arrive in time, or too slowly",
             Reason::BodyTooLarge => "request body too large",
             Reason::UriTooLong => "request line too long",
             Reason::HeadersTooLarge => "request head too large",

@@ -90,9 +90,10 @@ impl Drop for Active<'_> {
 }
 
 /// The breaker's word on a request that was not refused for its queue time (taking the
-/// half-open probe slot is a state change, so it is asked only here, once).
-fn admit(shared: &Shared) -> Result<Admit, Refusal> {
-    match shared.admit() {
+/// half-open probe slot is a state change, so it is asked only here, once). `may_probe`: the
+/// request's body is all here, so its client cannot hold the probe open.
+fn admit(shared: &Shared, may_probe: bool) -> Result<Admit, Refusal> {
+    match shared.admit(may_probe) {
         Admit::Reject { retry_after } => Err(Refusal::new(Reason::CircuitOpen, Some(retry_after))),
         pass => Ok(pass),
     }
@@ -134,7 +135,7 @@ fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
     };
     let admitted = match refusal(&gate) {
         Some(r) => Err(r),
-        None => admit(shared),
+        None => admit(shared, conn.body_buffered(head.framing)),
     };
     let fin = match admitted {
         Err(r) => {
@@ -162,7 +163,13 @@ fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
     shared.finish(&ctx, &fin);
     // Before the hand-back, so the client's next request finds this worker free.
     drop((ticket, active, in_progress));
-    if fin.keep_alive {
+    // sluice's own answer on a connection that closes: the front end drains what the client
+    // still sends before closing, so the answer is not lost to a reset.
+    if !fin.keep_alive && matches!(fin.outcome, Outcome::Sluice(_)) && !client.io.has_unsent() {
+        client.io.leave_unsent(Vec::new(), true);
+    }
+    // Kept alive, or with something the front end must still send (then maybe close).
+    if fin.keep_alive || client.io.has_unsent() {
         pool.back.give(client);
     }
 }

@@ -23,6 +23,7 @@ use crate::http::conn::ClientConn;
 use crate::http::parse::{Framing, RequestHead};
 use crate::policy::breaker::Verdict;
 use crate::policy::outcome::{AttemptFailure, Finished, Outcome};
+use crate::policy::pace::Pace;
 use crate::policy::reason::Reason;
 use crate::policy::retry;
 use crate::state::{Shared, VerdictReport};
@@ -87,6 +88,12 @@ pub fn forward(
     }
     if head.framing != Framing::None {
         conn.prepare_body_reads();
+        let grace = x.cfg.client_header_timeout;
+        conn.pace_reads(Some(Pace::new(
+            Instant::now(),
+            grace,
+            x.cfg.client_min_rate,
+        )));
     }
     let (mut reader, client) = conn.split();
     let expect_continue = head.expect_continue;
@@ -120,7 +127,7 @@ pub fn forward(
     });
     let mut fin = match ended {
         Attempts::Response(resp) => {
-            let mut fin = relay(conn, head, rid, resp, body_done, scratch);
+            let mut fin = relay(x, conn, resp, body_done, scratch);
             if x.cancelled() {
                 fin = Finished::new(Outcome::ClientAbort, false); // the upstream did not fail
             }
@@ -253,6 +260,9 @@ fn client_body_failed(
     let reason = match fail {
         BodyError::Malformed(_) => Reason::BadRequest,
         BodyError::TooLarge => Reason::BodyTooLarge,
+        BodyError::Io(std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+            Reason::BodyTimeout // below the minimum rate, or silent past client_idle_timeout
+        }
         BodyError::Truncated | BodyError::Io(_) => {
             return Finished::new(Outcome::ClientAbort, false)
         }

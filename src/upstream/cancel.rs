@@ -56,6 +56,13 @@ impl Cancel {
         }
     }
 
+    /// The upstream's part is over (its whole response is read, and its connection may be back
+    /// in the pool): a hang-up from now on cancels nothing.
+    pub fn upstream_done(&self) {
+        self.state.fetch_and(!WAITING, SeqCst);
+        *self.socket.lock() = None;
+    }
+
     /// True if the exchange was cancelled: its failure is the client's abort, not the upstream's.
     pub fn cancelled(&self) -> bool {
         self.state.load(SeqCst) & CANCELLED != 0
@@ -96,8 +103,7 @@ impl Current {
 
 impl Drop for Current {
     fn drop(&mut self) {
-        self.0.state.fetch_and(!WAITING, SeqCst);
-        *self.0.socket.lock() = None;
+        self.0.upstream_done();
         CURRENT.with(|c| *c.borrow_mut() = None);
     }
 }

@@ -4,12 +4,16 @@
 //! upstream that fails at once still gets a clean 502/504; after that, a failure closes the
 //! connection without a last chunk (the client sees a truncated response).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use ureq::http::{self, HeaderMap, HeaderValue};
 use ureq::Body;
 
+use super::attempt::Exchange;
+use super::cancel::Cancel;
 use super::classify::classify;
+use crate::config::Config;
 use crate::http::answer;
 use crate::http::conn::ClientConn;
 use crate::http::parse::RequestHead;
@@ -17,6 +21,7 @@ use crate::http::write::{self, BodyFraming, CHUNK_PREFIX, CHUNK_SUFFIX, LAST_CHU
 use crate::policy::connection::keep_alive;
 use crate::policy::headers::{self, connection_tokens, is_end_to_end};
 use crate::policy::outcome::{Finished, Outcome};
+use crate::policy::pace::Pace;
 use crate::policy::reason::Reason;
 
 /// The length of the upstream's body as its head declares it (RFC 9112 §6.3):
@@ -107,15 +112,20 @@ fn response_head(
 }
 
 /// Streams the upstream response `resp` to the client. `body_done`: the request body was read
-/// to its end.
+/// to its end. A response the client does not take at once is held, up to `client_buffer`
+/// bytes, and handed to the front end with the connection (`ClientConn::leave_unsent`); past
+/// that the worker writes it itself, under the minimum rate (README "What can hold a worker").
+/// `x.cancel` is told when the upstream's whole response has been read — before the client gets its
+/// last byte and may close — so that a close after a complete response cancels nothing.
 pub fn relay(
+    x: &Exchange<'_>,
     conn: &mut ClientConn,
-    head: &RequestHead,
-    request_id: &str,
     resp: http::Response<Body>,
     body_done: bool,
     scratch: &mut [u8],
 ) -> Finished {
+    let (cfg, head, request_id) = (x.cfg, x.head, x.request_id);
+    let upstream_done = || x.cancel.map_or((), Cancel::upstream_done);
     let status = resp.status().as_u16();
     if status == 101 {
         let reason = Reason::UpgradeUnsupported; // sluice sent no Upgrade: nothing to tunnel
@@ -123,14 +133,8 @@ pub fn relay(
     }
     let Ok(length) = declared_length(resp.headers()) else {
         crate::debug!("request_id={request_id} upstream response with conflicting lengths");
-        return answer::send(
-            conn,
-            head,
-            Reason::UpstreamError,
-            request_id,
-            None,
-            body_done,
-        );
+        let reason = Reason::UpstreamError;
+        return answer::send(conn, head, reason, request_id, None, body_done);
     };
     let framing = response_framing(head, status, length);
     let keep = keep_alive(head, body_done, framing == BodyFraming::Close);
@@ -152,21 +156,33 @@ pub fn relay(
             return answer::send(conn, head, reason, request_id, None, body_done);
         }
     };
+    let mut received = n as u64;
+    if n == 0 || length == Some(received) {
+        upstream_done();
+    }
     let _ = write::write_piece(&mut out, framing, scratch, n);
     if n == 0 && framing == BodyFraming::Chunked {
         out.extend_from_slice(LAST_CHUNK);
     }
     fin.bytes_out = out.len() as u64;
-    if conn.write_all(&out).is_err() {
+    let mut to = Delivery::new(conn, cfg);
+    if to.write_all(&out).is_err() {
         return Finished::new(Outcome::ClientAbort, false);
     }
     while n > 0 {
         n = match read_piece(&mut reader, &mut scratch[CHUNK_PREFIX..CHUNK_PREFIX + room]) {
-            Ok(n) => n,
+            Ok(n) => {
+                received += n as u64;
+                if n == 0 || length == Some(received) {
+                    upstream_done();
+                }
+                n
+            }
             Err(e) => {
                 crate::debug!(
                     "request_id={request_id} upstream body failed after bytes were sent: {e}"
                 );
+                to.finish(true); // what the client has not taken goes out, then the close
                 fin.outcome = Outcome::Truncated;
                 fin.keep_alive = false;
                 return fin;
@@ -174,20 +190,91 @@ pub fn relay(
         };
         let sent = if n == 0 {
             if framing == BodyFraming::Chunked {
-                conn.write_all(LAST_CHUNK)
+                to.write_all(LAST_CHUNK)
             } else {
                 Ok(())
             }
         } else {
-            let mut w = conn.writer();
-            write::write_piece(&mut w, framing, scratch, n)
+            write::write_piece(&mut to, framing, scratch, n)
         };
         if sent.is_err() {
             return Finished::new(Outcome::ClientAbort, false);
         }
         fin.bytes_out += n as u64;
     }
+    to.finish(!keep);
     fin
+}
+
+/// Writes a response to the client: without waiting while the socket takes it; holding what it
+/// does not take, up to `client_buffer` bytes, for the front end; past that, blocking under the
+/// minimum rate.
+struct Delivery<'a> {
+    conn: &'a mut ClientConn,
+    held: Vec<u8>,
+    cap: usize,
+    /// Set once the held bytes would pass `cap`: the worker writes the rest itself.
+    paced: Option<(Pace, u64)>,
+    grace: Duration,
+    min_rate: u64,
+}
+
+impl<'a> Delivery<'a> {
+    fn new(conn: &'a mut ClientConn, cfg: &Config) -> Self {
+        Delivery {
+            conn,
+            held: Vec::new(),
+            cap: cfg.client_buffer,
+            paced: None,
+            grace: cfg.client_header_timeout,
+            min_rate: cfg.client_min_rate,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some((pace, written)) = &mut self.paced {
+            return self.conn.write_paced(bytes, pace, written);
+        }
+        if !self.held.is_empty() {
+            let n = self.conn.try_send(&self.held)?;
+            self.held.drain(..n);
+        }
+        let rest = if self.held.is_empty() {
+            &bytes[self.conn.try_send(bytes)?..]
+        } else {
+            bytes
+        };
+        if self.held.len() + rest.len() <= self.cap {
+            self.held.extend_from_slice(rest);
+            return Ok(());
+        }
+        let pace = Pace::new(Instant::now(), self.grace, self.min_rate);
+        let mut written = 0;
+        let held = std::mem::take(&mut self.held);
+        self.conn.write_paced(&held, &pace, &mut written)?;
+        self.conn.write_paced(rest, &pace, &mut written)?;
+        self.paced = Some((pace, written));
+        Ok(())
+    }
+
+    /// The response is complete (or cut short): what the client has not taken stays with the
+    /// connection for the front end; `close` after it.
+    fn finish(self, close: bool) {
+        if !self.held.is_empty() {
+            self.conn.leave_unsent(self.held, close);
+        }
+    }
+}
+
+impl Write for Delivery<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn read_piece(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

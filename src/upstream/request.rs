@@ -10,37 +10,52 @@ use crate::http::parse::{Framing, RequestHead};
 use crate::policy::headers;
 use crate::policy::reason::Reason;
 
-/// The upstream request without its body, or the reason it cannot be sent. What ureq would
-/// refuse is found here, before anything is sent, so that it is the client's error (400/431)
-/// and never an upstream failure: a line longer than ureq's output buffer, a `Host` or
-/// `Authorization` value that is not visible ASCII, anything `http` refuses.
+/// Can ureq send this request? What it would refuse is found before anything is sent, so that
+/// it is the client's error (400/414/431) — answered by the front end without a worker — and
+/// never an upstream failure: a line longer than ureq's output buffer, a `Host` or
+/// `Authorization` value that is not visible ASCII. `base_len`: the length of the upstream's
+/// `scheme://host:port`.
+pub fn check_encodable(head: &RequestHead, base_len: usize) -> Result<(), Reason> {
+    if head.method.len() + base_len + head.path.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
+        return Err(Reason::UriTooLong);
+    }
+    for h in &head.headers {
+        if h.name.len() + h.value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
+            return Err(Reason::HeadersTooLarge);
+        }
+        let must_be_text =
+            h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("authorization");
+        if must_be_text
+            && !h
+                .value
+                .iter()
+                .all(|&c| c == b'\t' || (b' '..=b'~').contains(&c))
+        {
+            return Err(Reason::BadRequest);
+        }
+    }
+    Ok(())
+}
+
+/// The upstream request without its body, or the reason it cannot be sent (`check_encodable`,
+/// and anything `http` refuses).
 pub fn build(
     base: &str,
     head: &RequestHead,
     client: IpAddr,
     request_id: &str,
 ) -> Result<http::Request<()>, Reason> {
+    check_encodable(head, base.len())?;
     let method =
         http::Method::from_bytes(head.method.as_bytes()).map_err(|_| Reason::BadRequest)?;
-    let uri = format!("{base}{}", head.path);
-    if method.as_str().len() + uri.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
-        return Err(Reason::UriTooLong);
-    }
-    let mut b = http::Request::builder().method(method).uri(uri);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{}", head.path));
     for (name, value) in headers::upstream_request_headers(head, client, request_id) {
-        let value: &[u8] = &value;
         if name.len() + value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
-            return Err(Reason::HeadersTooLarge);
+            return Err(Reason::HeadersTooLarge); // a merged X-Forwarded-For or Via
         }
-        let must_be_text =
-            name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("authorization");
-        if must_be_text
-            && !value
-                .iter()
-                .all(|&c| c == b'\t' || (b' '..=b'~').contains(&c))
-        {
-            return Err(Reason::BadRequest);
-        }
+        let value: &[u8] = &value;
         b = b.header(name, value);
     }
     let has_length = head.header("content-length").is_some();
