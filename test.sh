@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, end-to-end tests (real sluice + real test upstream on
-# 127.0.0.1), doc tests. Installs nothing system-wide beyond what the tests need.
+# Runs the whole test suite: the deployment files for real (tests/deploy.sh: podman image and
+# kube play, Kubernetes schemas), unit tests, end-to-end tests (real sluice + real test upstream
+# on 127.0.0.1), doc tests. Installs what the tests need when missing: Python packages
+# prometheus_client, pyyaml and kubernetes-validate; Debian packages jq, curl and podman.
 set -euo pipefail
 cd "$(dirname "$0")"
 # The observability tests judge the Prometheus text with the official Python parser.
@@ -22,4 +24,7 @@ cargo build --release --quiet --bins
 # The static binary the hardening tests run in an empty root (./start.sh --build-static).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target x86_64-unknown-linux-gnu --bin sluice
 export SLUICE_REQUIRE_STATIC=1
+# The container image and the Kubernetes manifests, run for real with podman (installed when
+# missing) and validated against the Kubernetes schemas.
+bash tests/deploy.sh
 cargo test --release -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The deployment files, run for real (README "Deployment"): the container image from
+# deploy/Dockerfile run read-only as uid 65534 with no capabilities, deploy/kubernetes.yaml run
+# with `podman kube play`, and the manifests validated against the Kubernetes schemas offline.
+# Installs podman (Debian packages) and kubernetes-validate (PyPI) when missing. Everything
+# listens on 127.0.0.1 (host networking); nothing is fetched from an image registry (FROM scratch).
+# Needs the static binary (./start.sh --build-static; test.sh builds it). ~15 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+passed=0
+failed=0
+ok() { echo "deploy: ok - $*"; passed=$((passed + 1)); }
+bad() { echo "deploy: FAILED - $*"; failed=$((failed + 1)); }
+
+if ! command -v podman >/dev/null; then
+  [[ $(id -u) == 0 ]] || { echo "deploy: podman missing and not root: skipped"; exit 0; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc netavark aardvark-dns \
+    catatonit containernetworking-plugins uidmap >/dev/null
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate
+fi
+
+work=$(mktemp -d)
+# These VMs have no systemd and a low default process limit: runc, and explicit ulimits.
+cat >"$work/containers.conf" <<'EOF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+EOF
+export CONTAINERS_CONF=$work/containers.conf
+tag="localhost/sluice-test:$$"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port)
+timeout 300 ./target/release/sluice-upstream --listen "127.0.0.1:$UP" --no-record >/dev/null 2>&1 &
+UPPID=$!
+cleanup() {
+  podman rm -f "sluice-test-$$" >/dev/null 2>&1 || true
+  [[ -f $work/kube.yaml ]] && podman kube down "$work/kube.yaml" >/dev/null 2>&1 || true
+  podman rmi -f "$tag" >/dev/null 2>&1 || true
+  kill "$UPPID" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+wait_health() { # port -> 0 once /proxy-health answers
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$1/proxy-health" >/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+# A request that takes 2 s at the upstream, started in the background; its status lands in $1.
+slow_request() {
+  curl -s -m 30 -o /dev/null -w '%{http_code}' "127.0.0.1:$2/slow?delay_ms=2000" >"$1" &
+  SLOW=$!
+}
+
+# 1. The image: build it, run it the strict way, proxy through it, stop it while busy.
+if podman build -q -f deploy/Dockerfile -t "$tag" . >/dev/null; then ok "image builds from deploy/Dockerfile"; else bad "image build"; exit 1; fi
+P=$(free_port)
+podman run -d --name "sluice-test-$$" --network host --read-only --user 65534:65534 \
+  --cap-drop all --security-opt no-new-privileges "$tag" \
+  --config /etc/sluice/proxy_config.json --host 127.0.0.1 --port "$P" \
+  --target-host 127.0.0.1 --target-port "$UP" >/dev/null
+if wait_health "$P"; then ok "container (read-only, uid 65534, no capabilities) answers /proxy-health"; else bad "container health"; podman logs "sluice-test-$$" | tail -5; fi
+body=$(curl -s "127.0.0.1:$P/x?body_bytes=5")
+if [[ $body == abcde ]]; then ok "container proxies to the upstream on 127.0.0.1"; else bad "container proxy: got '$body'"; fi
+slow_request "$work/inflight1" "$P"
+sleep 0.3
+podman stop -t 40 "sluice-test-$$" >/dev/null
+wait "$SLOW" || true
+code=$(podman inspect "sluice-test-$$" --format '{{.State.ExitCode}}')
+if [[ $(cat "$work/inflight1") == 200 && $code == 0 ]]; then
+  ok "podman stop drains: the in-flight request completed, exit status 0"
+else
+  bad "podman stop: in-flight $(cat "$work/inflight1"), exit $code"
+fi
+podman rm -f "sluice-test-$$" >/dev/null
+
+# 2. The Kubernetes manifests with podman kube play (image, ports and target rewritten).
+K=$(free_port)
+python3 - "$tag" "$K" "$UP" >"$work/kube.yaml" <<'EOF'
+import json, sys, yaml
+tag, port, up = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = []
+for d in yaml.safe_load_all(open("deploy/kubernetes.yaml")):
+    if not d:
+        continue
+    if d["kind"] == "ConfigMap":
+        c = json.loads(d["data"]["proxy_config.json"])
+        c.update(host="127.0.0.1", port=port, target_host="127.0.0.1", target_port=up)
+        d["data"]["proxy_config.json"] = json.dumps(c)
+    if d["kind"] == "Deployment":
+        d["spec"]["replicas"] = 1
+        pod = d["spec"]["template"]["spec"]
+        pod["hostNetwork"] = True  # the test upstream is on the host's 127.0.0.1
+        c = pod["containers"][0]
+        c["image"] = tag
+        c.pop("ports", None)
+        for probe in ("livenessProbe", "readinessProbe"):
+            c[probe]["httpGet"]["port"] = port
+    out.append(d)
+yaml.safe_dump_all(out, sys.stdout)
+EOF
+podman kube play "$work/kube.yaml" >/dev/null 2>"$work/play.err" || { cat "$work/play.err"; bad "podman kube play"; }
+ctr=$(podman ps -a --format '{{.Names}}' | grep -- '-sluice$' | head -1)
+if wait_health "$K"; then ok "kube play: the pod starts and answers /proxy-health"; else bad "kube play health"; podman logs "$ctr" 2>&1 | tail -5; fi
+sleep 3
+restarts=$(podman inspect "$ctr" --format '{{.RestartCount}}')
+state=$(podman inspect "$ctr" --format '{{.State.Status}}')
+if [[ $restarts == 0 && $state == running ]]; then ok "kube play: the pod stays up (0 restarts in 3 s)"; else bad "kube play: $state, $restarts restarts"; fi
+effective=$(curl -s "127.0.0.1:$K/proxy-metrics")
+if python3 - "$work/kube.yaml" "$effective" <<'EOF'
+import json, sys, yaml
+cm = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "ConfigMap")
+want = json.loads(cm["data"]["proxy_config.json"])
+got = json.loads(sys.argv[2])["config"]
+wrong = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
+sys.exit(f"not effective: {wrong}" if wrong else 0)
+EOF
+then ok "kube play: the ConfigMap's values are the effective config"; else bad "kube play config"; fi
+slow_request "$work/inflight2" "$K"
+sleep 0.3
+pod=$(podman pod ps --format '{{.Name}}' | grep '^sluice' | head -1)
+podman pod stop -t 40 "$pod" >/dev/null 2>&1
+wait "$SLOW" || true
+code=$(podman inspect "$ctr" --format '{{.State.ExitCode}}')
+if [[ $(cat "$work/inflight2") == 200 && $code == 0 ]]; then
+  ok "podman pod stop drains: the in-flight request completed, exit status 0"
+else
+  bad "pod stop: in-flight $(cat "$work/inflight2"), exit $code"
+fi
+
+# 3. The manifests against the Kubernetes schemas (strict: no unknown fields), for every version
+#    the README supports.
+for v in 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0; do
+  if kubernetes-validate --strict --quiet -k "$v" deploy/kubernetes.yaml >"$work/kv.out" 2>&1; then
+    ok "kubernetes-validate --strict, Kubernetes $v"
+  else
+    bad "kubernetes-validate $v: $(tail -3 "$work/kv.out")"
+  fi
+done
+
+echo "deploy: $passed passed, $failed failed"
+[[ $failed == 0 ]]
