@@ -190,8 +190,16 @@ fn a_client_hang_up_cancels_the_upstream_exchange() {
         std::thread::sleep(Duration::from_micros(200));
     }
     let upstream_saw_close = gone.elapsed();
-    assert_eq!(up.hangs_closed(), 1, "the upstream saw its connection closed");
-    while s.metrics().active_requests.load(std::sync::atomic::Ordering::Relaxed) > 0
+    assert_eq!(
+        up.hangs_closed(),
+        1,
+        "the upstream saw its connection closed"
+    );
+    while s
+        .metrics()
+        .active_requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
         && Instant::now() < until
     {
         std::thread::sleep(Duration::from_micros(200));

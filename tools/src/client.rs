@@ -33,11 +33,18 @@ impl Url {
         })
     }
 
-    pub fn resolve(&self) -> io::Result<SocketAddr> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host resolves to nothing"))
+    /// Every address the host resolves to, IPv6 first then IPv4 (as curl tries them).
+    pub fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+        let mut addrs: Vec<SocketAddr> =
+            (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "host resolves to nothing",
+            ));
+        }
+        addrs.sort_by_key(|a| a.is_ipv4());
+        Ok(addrs)
     }
 
     /// The Host header value.
@@ -120,7 +127,8 @@ pub struct Answer {
 
 /// One client connection that reconnects when needed.
 pub struct Client {
-    addr: SocketAddr,
+    /// Tried in order until one connects; the one that did is tried first next time.
+    addrs: Vec<SocketAddr>,
     timeout: Duration,
     keepalive: bool,
     conn: Option<BufReader<TcpStream>>,
@@ -131,9 +139,9 @@ fn invalid(msg: &str) -> io::Error {
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr, timeout: Duration, keepalive: bool) -> Client {
+    pub fn new(addrs: Vec<SocketAddr>, timeout: Duration, keepalive: bool) -> Client {
         Client {
-            addr,
+            addrs,
             timeout,
             keepalive,
             conn: None,
@@ -157,7 +165,7 @@ impl Client {
 
     fn call_once(&mut self, request: &[u8], head_request: bool) -> io::Result<Answer> {
         if self.conn.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, self.timeout)?;
+            let s = self.connect()?;
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(self.timeout))?;
             s.set_write_timeout(Some(self.timeout))?;
@@ -168,6 +176,22 @@ impl Client {
             self.conn = None;
         }
         result
+    }
+
+    /// Connects to the first address that answers (a name may resolve to `::1` first while the
+    /// server listens on IPv4 only).
+    fn connect(&mut self) -> io::Result<TcpStream> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+        for i in 0..self.addrs.len() {
+            match TcpStream::connect_timeout(&self.addrs[i], self.timeout) {
+                Ok(s) => {
+                    self.addrs.swap(0, i);
+                    return Ok(s);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     fn exchange(&mut self, request: &[u8], head_request: bool) -> io::Result<Answer> {

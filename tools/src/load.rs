@@ -1,6 +1,7 @@
 //! The closed-loop load generator behind `sluice-load` and the demo: `concurrent` threads, each
 //! with its own keep-alive connection, send one prepared request until a count or a duration is
-//! reached; the report has statuses, error kinds, sluice reasons and a latency histogram.
+//! reached; the report has statuses, error kinds, sluice reasons and a latency histogram. A
+//! request fails on a transport error or a status the plan does not expect (default: 5xx).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,7 +17,8 @@ use crate::client::{Client, ErrorKind};
 /// What to send, how hard and for how long.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub addr: SocketAddr,
+    /// The server's addresses, tried in order.
+    pub addrs: Vec<SocketAddr>,
     pub request: Vec<u8>,
     pub head_request: bool,
     pub concurrent: usize,
@@ -26,6 +28,46 @@ pub struct Plan {
     pub duration: Option<Duration>,
     pub timeout: Duration,
     pub keepalive: bool,
+    /// Which statuses count as success.
+    pub expect: Expect,
+}
+
+/// Which statuses count as success: by default everything but a 5xx (a 404 is the server's
+/// answer, as `/proxy-metrics` counts it); `--expect-status` names them instead.
+#[derive(Clone, Debug, Default)]
+pub enum Expect {
+    #[default]
+    Not5xx,
+    /// Exact codes, or classes (`2xx` is 200-299).
+    Listed(Vec<(u16, u16)>),
+}
+
+impl Expect {
+    /// Parses `200,204,3xx`.
+    pub fn parse(text: &str) -> Result<Expect, String> {
+        let mut out = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let range = match part.as_bytes() {
+                [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                    let base = u16::from(d - b'0') * 100;
+                    (base, base + 99)
+                }
+                _ => match part.parse::<u16>() {
+                    Ok(n) if (100..=599).contains(&n) => (n, n),
+                    _ => return Err(format!("{part:?} is not a status code or class like 2xx")),
+                },
+            };
+            out.push(range);
+        }
+        Ok(Expect::Listed(out))
+    }
+
+    pub fn accepts(&self, status: u16) -> bool {
+        match self {
+            Expect::Not5xx => status < 500,
+            Expect::Listed(l) => l.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)),
+        }
+    }
 }
 
 /// Live counters, read by the progress line.
@@ -240,7 +282,7 @@ fn worker(
     issued: &AtomicU64,
     progress: &Progress,
 ) -> Report {
-    let mut client = Client::new(plan.addr, plan.timeout, plan.keepalive);
+    let mut client = Client::new(plan.addrs.clone(), plan.timeout, plan.keepalive);
     let mut r = Report::empty();
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -263,7 +305,7 @@ fn worker(
                 if let Some(reason) = a.sluice_error {
                     *r.by_reason.entry(reason).or_default() += 1;
                 }
-                if (200..400).contains(&a.status) {
+                if plan.expect.accepts(a.status) {
                     r.successes += 1;
                 } else {
                     progress.errors.fetch_add(1, Relaxed);

@@ -192,3 +192,63 @@ fn demo_shows_queueing_retries_and_the_breaker() {
     assert!(text.contains("probe: 200"));
     assert!(text.contains("demo finished"));
 }
+
+/// A 404 is the server's answer, not a failure (as `/proxy-metrics` counts it); a 5xx or a
+/// transport error is; `--expect-status` says what counts instead.
+#[test]
+fn load_tester_fails_on_5xx_not_4xx_unless_told_otherwise() {
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    let run = |path: &str, extra: &[&str]| {
+        let url = format!("http://{}{path}", s.addr());
+        let mut args = vec!["--url", &url, "--total-requests", "20", "--json"];
+        args.extend_from_slice(extra);
+        let out = load(&args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), v["failures"].as_u64())
+    };
+    assert_eq!(run("/x?status=404", &[]), (Some(0), Some(0)));
+    assert_eq!(run("/x?status=500", &[]), (Some(1), Some(20)));
+    assert_eq!(
+        run("/x?status=404", &["--expect-status", "2xx"]),
+        (Some(1), Some(20))
+    );
+    assert_eq!(
+        run("/x?status=204", &["--expect-status", "200,204"]),
+        (Some(0), Some(0))
+    );
+    let bad = load(&["--url", "http://127.0.0.1:1/", "--expect-status", "abc"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = load(&["--url", "http://127.0.0.1:1/", "--no-such-flag"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad flag is bad input");
+}
+
+/// Every address a name resolves to is tried, as curl does: a first address that refuses
+/// (`::1` while the server listens on IPv4 only) does not fail the run.
+#[test]
+fn load_client_tries_the_next_address() {
+    let up = upstream();
+    let dead = dead_port();
+    let refused: std::net::SocketAddr = format!("127.0.0.1:{}", dead.port()).parse().unwrap();
+    let mut c =
+        sluice_tools::client::Client::new(vec![refused, up.addr()], Duration::from_secs(5), true);
+    let raw = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(c.call(raw, false).unwrap().status, 200);
+    let url =
+        sluice_tools::client::Url::parse(&format!("http://localhost:{}/", up.port())).unwrap();
+    let addrs = url.resolve().unwrap();
+    assert!(addrs.iter().any(|a| a.is_ipv4()), "{addrs:?}");
+    assert!(!addrs.first().unwrap().is_ipv4() || addrs.iter().all(|a| a.is_ipv4()));
+    let out = load(&[
+        "--url",
+        &format!("http://localhost:{}/", up.port()),
+        "--total-requests",
+        "3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

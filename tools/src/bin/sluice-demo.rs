@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use argh::FromArgs;
 use serde_json::Value;
 use sluice_tools::client::{request_bytes, Client, Url};
-use sluice_tools::load::{run, Plan, Progress};
+use sluice_tools::load::{run, Expect, Plan, Progress};
 
 #[derive(FromArgs)]
 /// A one-minute tour of sluice: queueing, retries and the circuit breaker, live.
@@ -76,7 +76,7 @@ fn start(name: &str, args: &[&str]) -> Result<(Started, SocketAddr), String> {
 
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>, Duration)> {
     let url = Url::parse(&format!("http://{addr}{path}")).ok()?;
-    let mut c = Client::new(addr, Duration::from_secs(10), false);
+    let mut c = Client::new(vec![addr], Duration::from_secs(10), false);
     let t = Instant::now();
     let a = c
         .call(&request_bytes("GET", &url, &[], &[], false), false)
@@ -116,7 +116,7 @@ fn load(addr: SocketAddr, path: &str, concurrent: usize, secs: f64) -> sluice_to
         path: "/".into(),
     });
     let plan = Plan {
-        addr,
+        addrs: vec![addr],
         request: request_bytes("GET", &url, &[], &[], true),
         head_request: false,
         concurrent,
@@ -124,6 +124,7 @@ fn load(addr: SocketAddr, path: &str, concurrent: usize, secs: f64) -> sluice_to
         duration: Some(Duration::from_secs_f64(secs)),
         timeout: Duration::from_secs(10),
         keepalive: true,
+        expect: Expect::Not5xx,
     };
     run(&plan, &Progress::default())
 }

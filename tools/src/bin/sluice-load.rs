@@ -1,15 +1,17 @@
 //! `sluice-load`: a closed-loop HTTP load tester with the flags of the Python service's
 //! `test_concurrent_load.py` (`--url --concurrent --total-requests`) and more.
-//! Exit status: 0 if any request succeeded, 1 if every request failed, 2 on bad input.
+//! A request fails on a transport error or a 5xx (or what `--expect-status` does not list).
+//! Exit status: 0 if any request succeeded, 1 if every request failed, 2 on bad input
+//! (bad flags included).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use argh::FromArgs;
 use sluice_tools::client::{request_bytes, Url};
-use sluice_tools::load::{run, Plan, Progress};
+use sluice_tools::load::{run, Expect, Plan, Progress};
 
 #[derive(FromArgs)]
 /// Load-test an HTTP server (sluice or anything else) and report throughput, status codes,
@@ -51,6 +53,9 @@ struct Args {
     /// print the summary as JSON
     #[argh(switch)]
     json: bool,
+    /// statuses that count as success, e.g. "200,204" or "2xx,3xx" (default: all but 5xx)
+    #[argh(option)]
+    expect_status: Option<String>,
 }
 
 fn bad(msg: &str) -> ExitCode {
@@ -59,7 +64,16 @@ fn bad(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let argv: Vec<String> = std::env::args().collect();
+    let words: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    let args = match Args::from_args(&["sluice-load"], &words) {
+        Ok(a) => a,
+        Err(early) if early.status.is_ok() => {
+            let _ = writeln!(std::io::stdout(), "{}", early.output);
+            return ExitCode::SUCCESS;
+        }
+        Err(early) => return bad(early.output.trim_end()),
+    };
     let url = match Url::parse(&args.url) {
         Ok(u) => u,
         Err(e) => return bad(&format!("--url {e}")),
@@ -93,14 +107,19 @@ fn main() -> ExitCode {
         },
         (None, None) => Vec::new(),
     };
-    let addr = match url.resolve() {
+    let addrs = match url.resolve() {
         Ok(a) => a,
         Err(e) => return bad(&format!("--url {}: cannot resolve host: {e}", args.url)),
+    };
+    let expect = match args.expect_status.as_deref().map(Expect::parse) {
+        None => Expect::Not5xx,
+        Some(Ok(e)) => e,
+        Some(Err(e)) => return bad(&format!("--expect-status: {e}")),
     };
     let keepalive = args.keepalive || !args.no_keepalive;
     let method = args.method.to_ascii_uppercase();
     let plan = Plan {
-        addr,
+        addrs,
         request: request_bytes(&method, &url, &headers, &body, keepalive),
         head_request: method == "HEAD",
         concurrent: args.concurrent,
@@ -108,6 +127,7 @@ fn main() -> ExitCode {
         duration: args.duration.map(Duration::from_secs_f64),
         timeout: Duration::from_secs_f64(args.timeout),
         keepalive,
+        expect,
     };
     let progress = Progress::default();
     let show = std::io::stderr().is_terminal() && !args.json;
@@ -123,15 +143,19 @@ fn main() -> ExitCode {
     if show {
         eprint!("\r\x1b[2K");
     }
-    if args.json {
-        println!("{}", report.to_json());
+    // A closed stdout (`| head`) ends the output, not the program with a panic.
+    let mut out = std::io::stdout().lock();
+    let _ = if args.json {
+        writeln!(out, "{}", report.to_json())
     } else {
-        println!(
-            "sluice-load: {method} {} with {} clients",
-            args.url, args.concurrent
-        );
-        print!("{}", report.render());
-    }
+        writeln!(
+            out,
+            "sluice-load: {method} {} with {} clients\n{}",
+            args.url,
+            args.concurrent,
+            report.render().trim_end()
+        )
+    };
     if report.successes == 0 {
         ExitCode::from(1)
     } else {
