@@ -7,15 +7,18 @@ cd "$(dirname "$0")"
 # More open files for many client connections (each connection is one fd, plus one upstream fd).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
+target=${CARGO_TARGET_DIR:-target}
+
 # Build only when a binary is missing or older than the sources.
 build() {
   local stale=0
   for bin in "$@"; do
-    if [[ ! -x target/release/$bin ]] || [[ -n "$(find src tools Cargo.toml Cargo.lock -newer "target/release/$bin" -print -quit 2>/dev/null)" ]]; then
+    if [[ ! -x $target/release/$bin ]] || [[ -n "$(find src tools Cargo.toml Cargo.lock -newer "$target/release/$bin" -print -quit 2>/dev/null)" ]]; then
       stale=1
     fi
   done
   if [[ $stale == 1 ]]; then
+    echo "start.sh: building sluice (release; the first build takes a minute or two)..." >&2
     cargo build --release --quiet --bins
   fi
 }
@@ -24,7 +27,7 @@ case "${1:-}" in
   --demo)
     shift
     build sluice sluice-upstream sluice-demo
-    exec ./target/release/sluice-demo "$@"
+    exec "$target/release/sluice-demo" "$@"
     ;;
   --build-static)
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --bin sluice
@@ -38,4 +41,4 @@ config=()
 if [[ " $* " != *" --config "* && -f proxy_config.json ]]; then
   config=(--config proxy_config.json)
 fi
-exec ./target/release/sluice "${config[@]}" "$@"
+exec "$target/release/sluice" "${config[@]}" "$@"

@@ -2,6 +2,8 @@
 //! bad one), `--check-config`, then serve until SIGTERM/SIGINT (graceful drain) with SIGHUP
 //! reloading the config file.
 
+use std::io::Write;
+use std::net::ToSocketAddrs;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(early) => {
             return if early.status.is_ok() {
-                println!("{}", early.output);
+                say(format_args!("{}", early.output));
                 ExitCode::SUCCESS
             } else {
                 eprintln!("{}", early.output.trim_end());
@@ -29,7 +31,7 @@ fn main() -> ExitCode {
         }
     };
     if flags.version {
-        println!("sluice {}", env!("CARGO_PKG_VERSION"));
+        say(format_args!("sluice {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let loaded = match config::load(&flags) {
@@ -46,19 +48,37 @@ fn main() -> ExitCode {
     run(flags, loaded)
 }
 
-/// `--check-config`: every effective setting with where it came from, then the warnings.
+/// Writes a line to stdout; a closed stdout (`sluice --help | head -1`) ends the output
+/// quietly instead of panicking.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// `--check-config`: every effective setting with where it came from, then the warnings —
+/// including a `target_host` that does not resolve here.
 fn print_check(loaded: &Loaded) {
-    let json = loaded.config.to_json();
-    println!("config ok");
+    let cfg = &loaded.config;
+    let json = cfg.to_json();
+    say(format_args!("config ok"));
     for key in KEYS {
-        println!(
+        say(format_args!(
             "  {key:<27} {:<24} ({})",
             json[*key].to_string(),
             loaded.sources[key].as_str()
-        );
+        ));
     }
-    for w in loaded.config.warnings() {
-        println!("warning: {w}");
+    let mut warnings = cfg.warnings();
+    let target = (cfg.target_host.as_str(), cfg.target_port);
+    match target.to_socket_addrs().map(Iterator::count) {
+        Ok(1..) => {}
+        Ok(0) => warnings.push(format!("target_host {:?} resolves to no address here", cfg.target_host)),
+        Err(e) => warnings.push(format!(
+            "target_host {:?} does not resolve here ({e}): every request would get 502 connect_failed",
+            cfg.target_host
+        )),
+    }
+    for w in warnings {
+        say(format_args!("warning: {w}"));
     }
 }
 

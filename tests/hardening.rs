@@ -262,6 +262,8 @@ print(json.dumps(cfg))
     let out = Command::new(bin())
         .args([
             "--check-config",
+            "--target-host",
+            "127.0.0.1",
             "--config",
             dir.join("c.json").to_str().unwrap(),
         ])

@@ -14,7 +14,7 @@ use common::*;
 use sluice_tools::upstream::pattern_byte;
 
 fn sluice_cmd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
+    offline(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .output()
         .unwrap()
@@ -383,4 +383,40 @@ fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_bad() {
         "the old config is kept"
     );
     assert_eq!(get(p.addr, "/").status, 200, "and sluice still serves");
+}
+
+/// `--check-config` says when `target_host` does not resolve (every request would be a 502).
+#[test]
+fn check_config_warns_when_the_target_does_not_resolve() {
+    let out = sluice_cmd(&["--check-config", "--target-host", "no-such-host.invalid"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: target_host \"no-such-host.invalid\" does not resolve"),
+        "{text}"
+    );
+    let out = sluice_cmd(&["--check-config", "--target-host", "127.0.0.1"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}
+
+/// A closed stdout (`sluice --help | head -1`) ends the output quietly: no panic, no 101.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    for args in [
+        &["--help"][..],
+        &["--check-config", "--target-host", "127.0.0.1"][..],
+        &["--version"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
 }

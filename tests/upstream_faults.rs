@@ -139,3 +139,17 @@ fn close_delimited_upstream_body_is_reframed() {
         "the client connection stays usable"
     );
 }
+
+/// An upstream failure says where and why, in the answer's message: `host:port: cause`.
+#[test]
+fn an_upstream_failure_names_the_upstream_and_the_cause() {
+    let dead = dead_port();
+    let s = sluice(dead.port(), |c| c.max_retries = 0);
+    let r = get(s.addr(), "/x");
+    r.assert_sluice_error(502, "connect_failed");
+    let message = r.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&format!("127.0.0.1:{}: connection refused", dead.port())),
+        "{message}"
+    );
+}

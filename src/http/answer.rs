@@ -17,11 +17,15 @@ pub struct Answer {
     pub keep: bool,
 }
 
-/// The JSON error body.
-pub fn error_body(reason: Reason, request_id: &str) -> String {
+/// The JSON error body; `detail` (what exactly went wrong) follows the reason's message.
+pub fn error_body(reason: Reason, request_id: &str, detail: Option<&str>) -> String {
+    let message = match detail {
+        Some(d) => format!("{}: {d}", reason.message()),
+        None => reason.message().to_string(),
+    };
     serde_json::json!({
         "error": reason.as_str(),
-        "message": reason.message(),
+        "message": message,
         "request_id": request_id,
     })
     .to_string()
@@ -37,7 +41,24 @@ pub fn error_response(
     http10: bool,
     head_only: bool,
 ) -> Vec<u8> {
-    let body = error_body(reason, request_id);
+    error_response_with(
+        reason,
+        request_id,
+        retry_after_secs,
+        None,
+        (close, http10, head_only),
+    )
+}
+
+/// `error_response` with a `detail` in the message; `(close, http10, head_only)`.
+fn error_response_with(
+    reason: Reason,
+    request_id: &str,
+    retry_after_secs: Option<u64>,
+    detail: Option<&str>,
+    (close, http10, head_only): (bool, bool, bool),
+) -> Vec<u8> {
+    let body = error_body(reason, request_id, detail);
     let retry = retry_after_secs
         .or((reason.status() == 503).then_some(1))
         .map(|s| s.max(1).to_string());
@@ -69,15 +90,21 @@ pub fn error(
     retry_after: Option<u64>,
     body_done: bool,
 ) -> Answer {
+    error_with(head, reason, request_id, retry_after, None, body_done)
+}
+
+/// `error`, with `detail` (for an upstream failure: `host:port: cause`) in the message.
+pub fn error_with(
+    head: &RequestHead,
+    reason: Reason,
+    request_id: &str,
+    retry_after: Option<u64>,
+    detail: Option<&str>,
+    body_done: bool,
+) -> Answer {
     let keep = keep_alive(head, body_done, reason.closes_connection());
-    let bytes = error_response(
-        reason,
-        request_id,
-        retry_after,
-        !keep,
-        head.http10,
-        head.is_head(),
-    );
+    let framing = (!keep, head.http10, head.is_head());
+    let bytes = error_response_with(reason, request_id, retry_after, detail, framing);
     Answer { bytes, keep }
 }
 
@@ -90,11 +117,16 @@ pub fn send(
     retry_after: Option<u64>,
     body_done: bool,
 ) -> Finished {
-    let Answer { bytes, keep } = error(head, reason, request_id, retry_after, body_done);
-    let sent = conn.write_all(&bytes).is_ok();
+    let a = error(head, reason, request_id, retry_after, body_done);
+    write(conn, a, Outcome::Sluice(reason))
+}
+
+/// Writes an answer on a blocking connection (a worker's) and says how the request ended.
+pub fn write(conn: &mut ClientConn, a: Answer, outcome: Outcome) -> Finished {
+    let sent = conn.write_all(&a.bytes).is_ok();
     Finished {
-        bytes_out: bytes.len() as u64,
-        ..Finished::new(Outcome::Sluice(reason), keep && sent)
+        bytes_out: a.bytes.len() as u64,
+        ..Finished::new(outcome, a.keep && sent)
     }
 }
 

@@ -13,7 +13,7 @@ use ureq::http;
 use ureq::{Body, SendBody};
 
 use super::agent::Upstream;
-use super::classify::classify;
+use super::classify::{cause, classify};
 use super::relay::relay;
 use super::request::{self, with_body, Payload};
 use crate::config::Config;
@@ -65,7 +65,8 @@ enum Attempts {
     Response(http::Response<Body>),
     ClientBody,
     ClientGone,
-    Failed(AttemptFailure),
+    /// With what went wrong, in words, naming the upstream (`host:port: cause`).
+    Failed(AttemptFailure, String),
 }
 
 /// Forwards the request on `conn` (its head already parsed) and writes the response. The
@@ -122,7 +123,7 @@ pub fn forward(
     drop(body);
     verdict.report(match &ended {
         Attempts::Response(r) => Outcome::Upstream(r.status().as_u16()).verdict(),
-        Attempts::Failed(f) => Outcome::Sluice(f.reason()).verdict(),
+        Attempts::Failed(f, _) => Outcome::Sluice(f.reason()).verdict(),
         Attempts::ClientBody | Attempts::ClientGone => Verdict::Neutral,
     });
     let mut fin = match ended {
@@ -138,7 +139,11 @@ pub fn forward(
             let fail = body_failure.unwrap_or(BodyError::Truncated);
             client_body_failed(conn, head, rid, fail)
         }
-        Attempts::Failed(f) => answer::send(conn, head, f.reason(), rid, None, body_done),
+        Attempts::Failed(f, detail) => {
+            log_failure(rid, &detail);
+            let a = answer::error_with(head, f.reason(), rid, None, Some(&detail), body_done);
+            answer::write(conn, a, Outcome::Sluice(f.reason()))
+        }
     };
     verdict.report(fin.outcome.verdict()); // a body broken off after the head: one more failure
     fin.attempts = attempts;
@@ -191,30 +196,35 @@ fn attempt_all(
             }
         };
         upstream_time += t.elapsed();
+        if x.cancelled() {
+            break Attempts::ClientGone;
+        }
+        if body.failure.is_some() {
+            break Attempts::ClientBody;
+        }
+        let gateway_error = |r: &http::Response<Body>| matches!(r.status().as_u16(), 502..=504);
+        match res {
+            Ok(r) if !gateway_error(&r) => break Attempts::Response(r),
+            _ => {}
+        }
         let failure = match &res {
-            _ if x.cancelled() => break Attempts::ClientGone,
-            _ if body.failure.is_some() => break Attempts::ClientBody,
-            Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
-                AttemptFailure::Status(r.status().as_u16())
-            }
-            Ok(_) => {
-                break res.map_or(
-                    Attempts::Failed(AttemptFailure::Protocol),
-                    Attempts::Response,
-                )
-            }
+            Ok(r) => AttemptFailure::Status(r.status().as_u16()),
             Err(e) => classify(e),
+        };
+        let detail = match &res {
+            Ok(r) => format!("{}: answered {}", authority(&x.upstream.base), r.status()),
+            Err(e) => format!("{}: {}", authority(&x.upstream.base), cause(e)),
         };
         let replayable = !matches!(payload, Payload::Streamed);
         let Some(delay) = retry_delay(x, failure, attempts, replayable, body.read > 0, deadline)
         else {
             break match res {
                 Ok(r) => Attempts::Response(r),
-                Err(_) => Attempts::Failed(failure),
+                Err(_) => Attempts::Failed(failure, detail),
             };
         };
         crate::debug!(
-            "request_id={} attempt={attempts} failed ({failure:?}); retrying in {delay:?}",
+            "request_id={} attempt={attempts} failed ({detail}); retrying in {delay:?}",
             x.request_id
         );
         drop(res);
@@ -283,5 +293,28 @@ impl Read for Watched<'_, '_, '_> {
             self.x.client_done();
         }
         Ok(n)
+    }
+}
+
+/// `host:port` of the upstream base URI.
+fn authority(base: &str) -> &str {
+    base.split_once("://").map_or(base, |(_, a)| a)
+}
+
+/// The second (since the epoch) of the last upstream failure logged at `warn`.
+static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Logs an upstream failure: at `warn` at most once a second (an outage must not flood the
+/// log), every one at `debug`.
+fn log_failure(request_id: &str, detail: &str) {
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARNED.swap(second, Relaxed) != second {
+        crate::warn!(
+            "upstream failed: {detail} (request_id={request_id}; at most one such line a second)"
+        );
+    } else {
+        crate::debug!("request_id={request_id} upstream failed: {detail}");
     }
 }

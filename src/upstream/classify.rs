@@ -32,6 +32,28 @@ pub fn classify(e: &ureq::Error) -> AttemptFailure {
     }
 }
 
+/// What went wrong, in an operator's words.
+pub fn cause(e: &ureq::Error) -> String {
+    use io::ErrorKind as K;
+    match e {
+        ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => "timed out connecting".into(),
+        ureq::Error::Timeout(_) => "timed out waiting for the response".into(),
+        ureq::Error::HostNotFound => "the name does not resolve".into(),
+        ureq::Error::Io(io) => match io.kind() {
+            K::ConnectionRefused => "connection refused".into(),
+            K::HostUnreachable | K::NetworkUnreachable => "unreachable".into(),
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+                "the connection was reset".into()
+            }
+            K::UnexpectedEof => "closed the connection without a complete response".into(),
+            K::TimedOut | K::WouldBlock => "timed out".into(),
+            _ if io.to_string().contains("lookup") => format!("the name does not resolve ({io})"),
+            _ => io.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +80,19 @@ mod tests {
         assert_eq!(
             classify(&ureq::Error::Timeout(Timeout::RecvResponse)),
             AttemptFailure::Timeout
+        );
+    }
+
+    #[test]
+    fn the_cause_says_what_an_operator_must_fix() {
+        let lookup =
+            io::Error::other("failed to lookup address information: Name or service not known");
+        assert!(cause(&ureq::Error::Io(lookup)).starts_with("the name does not resolve"));
+        let refused = ureq::Error::Io(io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(cause(&refused), "connection refused");
+        assert_eq!(
+            cause(&ureq::Error::Timeout(Timeout::Connect)),
+            "timed out connecting"
         );
     }
 }

@@ -23,6 +23,23 @@ pub fn sluice_bin() -> std::path::PathBuf {
     }
 }
 
+/// A command for `program` that cannot reach any network: in a network namespace of its own
+/// when `unshare -n` works here (as root), so that `--check-config`'s look-up of a target host
+/// name sends nothing beyond this machine. Elsewhere the plain command.
+pub fn offline(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let works = Command::new("unshare")
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        let mut c = Command::new("unshare");
+        c.arg("-n").arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
 pub fn upstream() -> TestUpstream {
     TestUpstream::start().expect("start test upstream")
 }
