@@ -145,6 +145,7 @@ impl Shared {
         let now = Instant::now();
         BreakerView {
             state: b.state(now),
+            refusing: b.refusing(now),
             consecutive_failures: b.consecutive_failures(),
             times_opened: b.times_opened(),
             since_transition: b
@@ -173,6 +174,8 @@ impl Shared {
 #[derive(Clone, Copy, Debug)]
 pub struct BreakerView {
     pub state: State,
+    /// Requests are being refused (open, or half-open with the probe out).
+    pub refusing: bool,
     pub consecutive_failures: u32,
     pub times_opened: u64,
     pub since_transition: Option<f64>,

@@ -374,3 +374,28 @@ fn upstream_connections_are_reused() {
         "one pooled connection served all 20 requests"
     );
 }
+
+/// Targets the Python service forwarded (its `requests` re-quoted them) are forwarded too: only
+/// the bytes a URI cannot carry raw are percent-encoded, nothing else is touched.
+#[test]
+fn targets_with_bytes_a_uri_cannot_carry_are_forwarded_percent_encoded() {
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    let cases: &[(&[u8], &str)] = &[
+        (b"/a?x={\"k\":1}", "/a?x=%7B%22k%22:1%7D"),
+        (b"/a?x=<b>", "/a?x=%3Cb%3E"),
+        (b"/a?x=a|b^c`d\\e", "/a?x=a%7Cb%5Ec%60d%5Ce"),
+        (b"/caf\xc3\xa9", "/caf%C3%A9"),
+        (b"/a%20b?q=%7B&r=[1]", "/a%20b?q=%7B&r=[1]"),
+        (b"/p/a;b,c?d=e+f&g=h", "/p/a;b,c?d=e+f&g=h"),
+    ];
+    for (sent, forwarded) in cases {
+        up.clear();
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(sent);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        let r = send(s.addr(), &raw);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(sent));
+        assert_eq!(up.received()[0].target, *forwarded);
+    }
+}

@@ -143,7 +143,7 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "p99_queue_wait": qw.p99,
             "success_rate": success_rate,
             "requests_per_second": m.requests_per_second(),
-            "circuit_open": b.state == State::Open,
+            "circuit_open": b.refusing,
             "circuit_state": b.state.as_str(),
             "consecutive_failures": b.consecutive_failures,
             "circuit_times_opened": b.times_opened,

@@ -161,7 +161,9 @@ impl Metrics {
         self.started.elapsed()
     }
 
-    /// Records one finished proxied request: its outcome and its response time.
+    /// Records one finished request: its outcome and its response time. The Prometheus
+    /// duration histogram counts every request; the response-time statistics of
+    /// `/proxy-metrics` (average, min, max, percentiles) only proxied ones (`Outcome::proxied`).
     pub fn record(&self, outcome: Outcome, took: Duration) {
         let label = outcome.label();
         if let Some(i) = OUTCOME_LABELS.iter().position(|l| *l == label) {
@@ -173,7 +175,9 @@ impl Metrics {
             self.duration_buckets[i].fetch_add(1, Relaxed);
         }
         self.duration_sum_us.fetch_add(us, Relaxed);
-        self.latency.lock().saturating_record(us);
+        if outcome.proxied() {
+            self.latency.lock().saturating_record(us);
+        }
         self.rate.add(self.started.elapsed().as_secs());
     }
 

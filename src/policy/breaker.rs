@@ -100,6 +100,15 @@ impl Breaker {
         }
     }
 
+    /// True while the breaker refuses requests: open, or half-open with its probe out.
+    pub fn refusing(&self, now: Instant) -> bool {
+        match self.state(now) {
+            State::Closed => false,
+            State::Open => self.open_for(now).is_some(),
+            State::HalfOpen => self.probe_out,
+        }
+    }
+
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }
@@ -275,6 +284,19 @@ mod tests {
         );
         let mut closed = Breaker::new(1, Duration::from_secs(10));
         assert_eq!(closed.admit_as(now, false).0, Admit::Pass);
+    }
+
+    #[test]
+    fn refusing_while_open_and_while_the_probe_is_out() {
+        let now = t0();
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        assert!(!b.refusing(now));
+        b.record(now, Verdict::Failure, false);
+        assert!(b.refusing(now));
+        let later = now + Duration::from_secs(11);
+        assert!(!b.refusing(later), "half-open, the probe slot free");
+        assert_eq!(b.admit(later).0, Admit::Probe);
+        assert!(b.refusing(later), "half-open, the probe out");
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl Outcome {
         }
     }
 
+    /// True if the request went to the upstream (answered, failed or timed out there): only
+    /// these make the response-time statistics, so that a burst of instant refusals cannot pull
+    /// the average down while the upstream is slow.
+    pub fn proxied(self) -> bool {
+        self.origin() == Origin::Upstream
+    }
+
     /// What the breaker learns: only the upstream's own failures count against it.
     pub fn verdict(self) -> Verdict {
         match self {
@@ -190,6 +197,16 @@ mod tests {
             }
         }
         assert_eq!(Outcome::Sluice(Reason::BadRequest).origin(), Origin::Client);
+    }
+
+    #[test]
+    fn only_requests_that_reached_the_upstream_count_as_proxied() {
+        assert!(Outcome::Upstream(200).proxied());
+        assert!(Outcome::Sluice(Reason::UpstreamTimeout).proxied());
+        assert!(!Outcome::Sluice(Reason::QueueFull).proxied());
+        assert!(!Outcome::Sluice(Reason::CircuitOpen).proxied());
+        assert!(!Outcome::Sluice(Reason::BadRequest).proxied());
+        assert!(!Outcome::ClientAbort.proxied());
     }
 
     #[test]

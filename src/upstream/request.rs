@@ -1,6 +1,7 @@
 //! The upstream request's head, built from the client's by the header rules
 //! (`policy/headers.rs`), and the body each attempt sends.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ureq::http;
@@ -16,7 +17,7 @@ use crate::policy::reason::Reason;
 /// `Authorization` value that is not visible ASCII. `base_len`: the length of the upstream's
 /// `scheme://host:port`.
 pub fn check_encodable(head: &RequestHead, base_len: usize) -> Result<(), Reason> {
-    if head.method.len() + base_len + head.path.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
+    if head.method.len() + base_len + requote(&head.path).len() + LINE_OVERHEAD > OUTPUT_BUFFER {
         return Err(Reason::UriTooLong);
     }
     for h in &head.headers {
@@ -50,7 +51,7 @@ pub fn build(
         http::Method::from_bytes(head.method.as_bytes()).map_err(|_| Reason::BadRequest)?;
     let mut b = http::Request::builder()
         .method(method)
-        .uri(format!("{base}{}", head.path));
+        .uri(format!("{base}{}", requote(&head.path)));
     for (name, value) in headers::upstream_request_headers(head, client, request_id) {
         if name.len() + value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
             return Err(Reason::HeadersTooLarge); // a merged X-Forwarded-For or Via
@@ -66,6 +67,25 @@ pub fn build(
         b = b.header("content-length", "0"); // else ureq sends an empty chunked body
     }
     b.body(()).map_err(|_| Reason::BadRequest)
+}
+
+/// The request target as it may travel: the bytes a URI cannot carry raw (`{ } " < > \ ^`,
+/// the backtick, `|`, and every byte >= 0x80) percent-encoded — what the Python service's
+/// `requests` did (`requote_uri`) — and nothing else decoded or re-encoded.
+pub fn requote(target: &str) -> Cow<'_, str> {
+    let must = |b: u8| b >= 0x80 || b"{}\"<>\\^`|".contains(&b);
+    if !target.bytes().any(must) {
+        return Cow::Borrowed(target);
+    }
+    let mut out = String::with_capacity(target.len() + 16);
+    for b in target.bytes() {
+        if must(b) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// What a request or header line adds to its parts when written: `: `, ` HTTP/1.1`, CRLF.
@@ -87,4 +107,23 @@ pub enum Payload {
     Buffered(Vec<u8>),
     /// Streamed from the client: one attempt only once any of it was read.
     Streamed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requote;
+
+    #[test]
+    fn only_bytes_a_uri_cannot_carry_are_encoded() {
+        for (sent, forwarded) in [
+            ("/a?x={\"k\":1}", "/a?x=%7B%22k%22:1%7D"),
+            ("/a?x=<b>", "/a?x=%3Cb%3E"),
+            ("/a?x=a|b^c`d\\e", "/a?x=a%7Cb%5Ec%60d%5Ce"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
+            ("/a%20b?q=%7B&r=[1]", "/a%20b?q=%7B&r=[1]"),
+            ("/p/a;b,c?d=e+f&g=h#i", "/p/a;b,c?d=e+f&g=h#i"),
+        ] {
+            assert_eq!(requote(sent), forwarded, "{sent}");
+        }
+    }
 }
