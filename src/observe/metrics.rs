@@ -42,7 +42,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
     120.0, 300.0,
 ];
 
-const RATE_WINDOW: usize = 60;
+/// Whole seconds `requests_per_second` averages over.
+const RATE_SECONDS: u64 = 60;
+/// The ring holds those seconds and the current, partial one.
+const RATE_WINDOW: usize = RATE_SECONDS as usize + 1;
 
 /// Requests per second over the last minute: one counter per second in a ring.
 struct RateWindow {
@@ -259,7 +262,7 @@ impl Metrics {
     /// Requests per second over the last 60 s (or the uptime, if shorter).
     pub fn requests_per_second(&self) -> f64 {
         let now = self.started.elapsed().as_secs();
-        let window = now.min(RATE_WINDOW as u64 - 1);
+        let window = now.min(RATE_SECONDS);
         if window == 0 {
             return 0.0;
         }
