@@ -4,7 +4,9 @@ on the same upstream, in one run. Prints a markdown table (req/s, p50/p99 latenc
 request, proxy peak RSS, ratios). Everything runs on 127.0.0.1 and is stopped at the end.
 
 Run through bench/run.sh, which installs wrk and nginx when missing and builds sluice.
-Environment: BENCH_SECONDS (default 8) per measurement, BENCH_WARMUP (default 2).
+Environment: BENCH_SECONDS (default 8) per measurement, BENCH_WARMUP (default 2), BENCH_ONLY (run
+only the scenarios whose name contains this text). Targets: the upstream directly, the blocking
+bound (bench/bound.rs), sluice, nginx.
 """
 import os
 import re
@@ -159,6 +161,14 @@ def start_sluice(up_port, workers, queue):
     return p, port
 
 
+def start_bound(up_port):
+    """The blocking bound (bench/bound.rs): a thread per connection, its own upstream connection."""
+    port = free_port()
+    p = spawn([os.path.join(REL, "bench-bound"), f"127.0.0.1:{port}", f"127.0.0.1:{up_port}"])
+    wait_port(port)
+    return p, port
+
+
 def start_nginx_proxy(d, up_port):
     port = free_port()
     conf = nginx_conf(d, f"proxy{port}", ("auto", f"""
@@ -200,19 +210,29 @@ def main():
         wait_port(slow_port)
         dead_port = free_port()
 
+        # sluice runs with the shipped proxy_config.json's sizes (100 workers, queue 200) unless
+        # the row says otherwise.
         scenarios = [
-            ("tiny responses, 50 conns", fast_port, tiny, 50, (64, 1024)),
+            ("tiny responses, 50 conns", fast_port, tiny, 50, (100, 200)),
             ("tiny responses, 50 conns, 16 workers", fast_port, tiny, 50, (16, 1024)),
-            ("tiny responses, 200 conns", fast_port, tiny, 200, (64, 1024)),
-            ("1 MiB responses, 20 conns", fast_port, big, 20, (64, 1024)),
+            ("tiny responses, 200 conns", fast_port, tiny, 200, (100, 200)),
+            ("1 MiB responses, 20 conns", fast_port, big, 20, (100, 200)),
             ("50 ms upstream, 200 conns", slow_port, "/slow?delay_ms=50", 200, (200, 1024)),
-            ("dead upstream, 50 conns", dead_port, tiny, 50, (64, 1024)),
-            ("dead upstream, 10 conns", dead_port, tiny, 10, (64, 1024)),
+            ("1 s upstream, 2000 conns", slow_port, "/slow?delay_ms=1000", 2000, (2000, 2000)),
+            ("dead upstream, 50 conns", dead_port, tiny, 50, (100, 200)),
+            ("dead upstream, 10 conns", dead_port, tiny, 10, (100, 200)),
         ]
+        only = os.environ.get("BENCH_ONLY")
         for name, up, path, conns, (workers, queue) in scenarios:
+            if only and only not in name:
+                continue
             res = {}
             if up != dead_port:
                 res["direct"] = measure(f"http://127.0.0.1:{up}{path}", conns, [])
+                if os.path.exists(os.path.join(REL, "bench-bound")):
+                    p, port = start_bound(up)
+                    res["bound"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid))
+                    stop(p)
             p, port = start_sluice(up, workers, queue)
             res["sluice"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid))
             stop(p)
@@ -223,7 +243,7 @@ def main():
             rows.append((name, res))
             print(f"done: {name}", file=sys.stderr)
         idle = {}
-        p, port = start_sluice(fast_port, 64, 1024)
+        p, port = start_sluice(fast_port, 100, 200)
         idle["sluice"] = idle_rss(port, tree(p.pid), tiny)
         stop(p)
         if have_nginx:
@@ -285,7 +305,7 @@ def report(rows, fast_name):
     print("| scenario | target | req/s | MiB/s | p50 ms | p99 ms | non-2xx | errors | proxy CPU µs/req | proxy peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, res in rows:
-        for target in ("direct", "sluice", "nginx"):
+        for target in ("direct", "bound", "sluice", "nginx"):
             r = res.get(target)
             if not r:
                 continue
@@ -293,13 +313,14 @@ def report(rows, fast_name):
             rss = f"{r['rss'] / 1024:.1f}" if r["rss"] is not None else "-"
             print(f"| {name} | {target} | {r['rps']:.0f} | {r['mibs']:.1f} | {fmt_ms(r['p50'])} | {fmt_ms(r['p99'])} | "
                   f"{r['non2xx']} | {r['errors']} | {cpu} | {rss} |")
-    print("\n| scenario | sluice/nginx req/s | sluice/direct req/s | sluice/nginx p99 | sluice/nginx CPU per req |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| scenario | sluice/bound req/s | sluice/nginx req/s | sluice/direct req/s | sluice/nginx p99 | sluice/nginx CPU per req | sluice/nginx peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, res in rows:
-        s, n, d = res.get("sluice"), res.get("nginx"), res.get("direct")
+        s, n, d, b = res.get("sluice"), res.get("nginx"), res.get("direct"), res.get("bound")
         ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b else "-"
-        print(f"| {name} | {ratio(s['rps'], n['rps'] if n else None)} | {ratio(s['rps'], d['rps'] if d else None)} | "
-              f"{ratio(s['p99'], n['p99'] if n else None)} | {ratio(s['cpu_us'], n['cpu_us'] if n else None)} |")
+        print(f"| {name} | {ratio(s['rps'], b['rps'] if b else None)} | {ratio(s['rps'], n['rps'] if n else None)} | "
+              f"{ratio(s['rps'], d['rps'] if d else None)} | {ratio(s['p99'], n['p99'] if n else None)} | "
+              f"{ratio(s['cpu_us'], n['cpu_us'] if n else None)} | {ratio(s['rss'], n['rss'] if n else None)} |")
 
 
 if __name__ == "__main__":
