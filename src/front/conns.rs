@@ -3,8 +3,7 @@
 //! — what the socket does not take now goes out as it drains, and no new request is read from
 //! that connection until it has.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
@@ -125,7 +124,7 @@ impl Front {
         let Some(e) = self.entry(key) else {
             return false;
         };
-        let Ok(n) = write_some(e.client.io.stream(), bytes) else {
+        let Ok(n) = e.client.io.try_send(bytes) else {
             self.close(key);
             return false;
         };
@@ -150,7 +149,7 @@ impl Front {
         let Some(e) = self.entry(key) else {
             return;
         };
-        let Ok(n) = write_some(e.client.io.stream(), &e.out) else {
+        let Ok(n) = e.client.io.try_send(&e.out) else {
             return self.close(key);
         };
         e.out.drain(..n);
@@ -217,19 +216,4 @@ impl Front {
             self.close(key);
         }
     }
-}
-
-/// Writes as much of `bytes` as the non-blocking socket takes now.
-pub(super) fn write_some(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < bytes.len() {
-        match stream.write(&bytes[n..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conns::{write_some, Entry, Pending};
+use super::conns::{Entry, Pending};
 use super::{admin, Front};
 use crate::config::Config;
 use crate::http::answer::{self, Answer};
@@ -95,7 +95,7 @@ impl Front {
             BodyPoll::Pending => {
                 if p.head.expect_continue {
                     // The client waits for this before it sends the body.
-                    let _ = write_some(e.client.io.stream(), b"HTTP/1.1 100 Continue\r\n\r\n");
+                    let _ = e.client.io.try_send(b"HTTP/1.1 100 Continue\r\n\r\n");
                     p.head.expect_continue = false;
                 }
                 e.deadline = p.started + cfg.client_header_timeout;
@@ -235,7 +235,7 @@ pub(super) fn refuse_connection(shared: &Shared, client: Client) {
     let bytes =
         answer::error_response(reason, &headers::new_request_id(), None, true, false, false);
     let _ = client.io.stream().set_nonblocking(true);
-    let _ = write_some(client.io.stream(), &bytes);
+    let _ = client.io.try_send(&bytes);
     shared
         .metrics
         .record(Outcome::Sluice(reason), started.elapsed());
