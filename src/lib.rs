@@ -9,13 +9,15 @@
 //!   → pool/ (hand-off types, bounded queue, slot, worker threads)
 //!     → upstream/ (one ureq agent over sluice's transport, attempts, relay)
 //! ```
-//! beside `http/` (wire format), `policy/` (pure decisions), `observe/` (metrics, logs),
-//! `config/` (settings), and `state.rs`, the ground floor every thread shares.
+//! beside `http/` (wire format), `policy/` (pure decisions), `answer.rs` (sluice's own answers),
+//! `observe/` (metrics, logs), `config/` (settings), and `state.rs`, the ground floor every
+//! thread shares.
 
 pub mod config;
 pub mod http;
 pub mod observe;
 
+mod answer;
 mod front;
 mod policy;
 mod pool;

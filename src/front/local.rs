@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::conns::{Entry, Pending};
 use super::{admin, Front};
+use crate::answer::{self, Answer};
 use crate::config::Config;
-use crate::http::answer::{self, Answer};
 use crate::http::conn::BodyPoll;
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::write;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::body::{BodyError, RequestBody};
 use super::parse::{parse_head, Framing, HeadError, RequestHead};
-use crate::policy::pace::Pace;
+use crate::http::pace::Pace;
 
 const INITIAL_BUFFER: usize = 4096;
 

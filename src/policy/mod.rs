@@ -7,14 +7,12 @@
 //! - `admission`: the bound on requests in the system (workers + queue).
 //! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget.
 //! - `headers`: what crosses sluice in each direction; `connection`: the keep-alive rule.
-//! - `pace`: the minimum transfer rate a client must keep while a worker waits on it.
 
 pub mod admission;
 pub mod breaker;
 pub mod connection;
 pub mod headers;
 pub mod outcome;
-pub mod pace;
 pub mod reason;
 pub mod refusal;
 pub mod retry;

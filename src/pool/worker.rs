@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::handoff::{Back, Job, Parked};
 use super::queue::Queue;
-use crate::http::answer;
+use crate::answer;
 use crate::http::parse::Framing;
 use crate::observe::access_log::RequestCtx;
 use crate::policy::breaker::Admit;

@@ -13,15 +13,15 @@ use ureq::Body;
 use super::attempt::Exchange;
 use super::cancel::Cancel;
 use super::classify::classify;
+use crate::answer;
 use crate::config::Config;
-use crate::http::answer;
 use crate::http::conn::ClientConn;
+use crate::http::pace::Pace;
 use crate::http::parse::RequestHead;
 use crate::http::write::{self, BodyFraming, CHUNK_PREFIX, CHUNK_SUFFIX, LAST_CHUNK};
 use crate::policy::connection::keep_alive;
 use crate::policy::headers::{self, connection_tokens, is_end_to_end};
 use crate::policy::outcome::{Finished, Outcome};
-use crate::policy::pace::Pace;
 use crate::policy::reason::Reason;
 
 /// The length of the upstream's body as its head declares it (RFC 9112 §6.3):

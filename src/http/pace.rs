@@ -1,7 +1,8 @@
 //! The minimum transfer rate a client must keep while a worker waits on it (like Apache's
 //! `mod_reqtimeout` MinRate): a streamed request body, or a response too large to hand to the
 //! front end. After `bytes` have moved, the next must arrive by `start + grace + bytes / rate`;
-//! past that the transfer is cut (408 for a body). Pure: the caller passes the clock.
+//! past that the transfer is cut (408 for a body). Pure: the caller passes the clock; the
+//! connection (`conn.rs`) applies it as socket timeouts.
 
 use std::time::{Duration, Instant};
 

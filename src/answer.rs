@@ -1,11 +1,12 @@
-//! sluice's own answers: the one writer that turns a `Reason` into response bytes — status, a
+//! sluice's own answers — above the wire format (`http/`) and the policy (`policy/`), which it
+//! joins: the one writer that turns a `Reason` into response bytes — status, a
 //! JSON body `{"error", "message", "request_id"}`, `X-Sluice-Error`, `X-Request-Id`, and
 //! `Retry-After` on every 503 (README "Responses sluice makes itself") — with the keep-alive
 //! rule applied, and no body on a HEAD request.
 
-use super::conn::ClientConn;
-use super::parse::RequestHead;
-use super::write::Simple;
+use crate::http::conn::ClientConn;
+use crate::http::parse::RequestHead;
+use crate::http::write::Simple;
 use crate::policy::connection::keep_alive;
 use crate::policy::outcome::{Finished, Outcome};
 use crate::policy::reason::Reason;
