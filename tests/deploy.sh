@@ -49,9 +49,23 @@ wait_health() { # port -> 0 once /proxy-health answers
   return 1
 }
 # A request that takes 2 s at the upstream, started in the background; its status lands in $1.
-slow_request() {
-  curl -s -m 30 -o /dev/null -w '%{http_code}' "127.0.0.1:$2/slow?delay_ms=2000" >"$1" &
-  SLOW=$!
+# Stops something (`$3...`, a podman command) while a 2 s request to port $1 is in flight, and
+# checks that the request completed and container $2 exited 0. $4 onwards name the check.
+drains() {
+  local port=$1 ctr=$2 stop=$3 what=$4 out
+  out=$(mktemp -p "$work")
+  curl -s -m 30 -o /dev/null -w '%{http_code}' "127.0.0.1:$port/slow?delay_ms=2000" >"$out" &
+  local slow=$!
+  sleep 0.3
+  eval "$stop" >/dev/null 2>&1
+  wait "$slow" || true
+  local code
+  code=$(podman inspect "$ctr" --format '{{.State.ExitCode}}')
+  if [[ $(cat "$out") == 200 && $code == 0 ]]; then
+    ok "$what drains: the in-flight request completed, exit status 0"
+  else
+    bad "$what: in-flight $(cat "$out"), exit $code"
+  fi
 }
 
 # 1. The image: build it, run it the strict way, proxy through it, stop it while busy.
@@ -64,16 +78,7 @@ podman run -d --name "sluice-test-$$" --network host --read-only --user 65534:65
 if wait_health "$P"; then ok "container (read-only, uid 65534, no capabilities) answers /proxy-health"; else bad "container health"; podman logs "sluice-test-$$" | tail -5; fi
 body=$(curl -s "127.0.0.1:$P/x?body_bytes=5")
 if [[ $body == abcde ]]; then ok "container proxies to the upstream on 127.0.0.1"; else bad "container proxy: got '$body'"; fi
-slow_request "$work/inflight1" "$P"
-sleep 0.3
-podman stop -t 40 "sluice-test-$$" >/dev/null
-wait "$SLOW" || true
-code=$(podman inspect "sluice-test-$$" --format '{{.State.ExitCode}}')
-if [[ $(cat "$work/inflight1") == 200 && $code == 0 ]]; then
-  ok "podman stop drains: the in-flight request completed, exit status 0"
-else
-  bad "podman stop: in-flight $(cat "$work/inflight1"), exit $code"
-fi
+drains "$P" "sluice-test-$$" "podman stop -t 40 sluice-test-$$" "podman stop"
 podman rm -f "sluice-test-$$" >/dev/null
 
 # 2. The Kubernetes manifests with podman kube play (image, ports and target rewritten).
@@ -118,17 +123,8 @@ wrong = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
 sys.exit(f"not effective: {wrong}" if wrong else 0)
 EOF
 then ok "kube play: the ConfigMap's values are the effective config"; else bad "kube play config"; fi
-slow_request "$work/inflight2" "$K"
-sleep 0.3
 pod=$(podman pod ps --format '{{.Name}}' | grep '^sluice' | head -1)
-podman pod stop -t 40 "$pod" >/dev/null 2>&1
-wait "$SLOW" || true
-code=$(podman inspect "$ctr" --format '{{.State.ExitCode}}')
-if [[ $(cat "$work/inflight2") == 200 && $code == 0 ]]; then
-  ok "podman pod stop drains: the in-flight request completed, exit status 0"
-else
-  bad "pod stop: in-flight $(cat "$work/inflight2"), exit $code"
-fi
+drains "$K" "$ctr" "podman pod stop -t 40 $pod" "podman pod stop"
 
 # 3. The manifests against the Kubernetes schemas (strict: no unknown fields), for every version
 #    the README supports.
