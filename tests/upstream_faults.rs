@@ -119,6 +119,9 @@ fn garbage_and_oversized_response_heads_are_502() {
     let s = sluice(up.port(), |c| c.max_retries = 0);
     get(s.addr(), "/?garbage=1").assert_sluice_error(502, "upstream_error");
     get(s.addr(), "/?big_header=100000").assert_sluice_error(502, "upstream_error");
+    // The response head limit is ureq's 16 KiB input buffer (upstream/agent.rs).
+    get(s.addr(), "/?big_header=20000").assert_sluice_error(502, "upstream_error");
+    assert_eq!(get(s.addr(), "/?big_header=12000").status, 200);
     assert_eq!(get(s.addr(), "/fine").status, 200);
 }
 
