@@ -201,6 +201,7 @@ fn deployment_files_are_valid() {
         "LimitNOFILE=",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "TimeoutStopSec=",
+        "RestartPreventExitStatus=2",
     ] {
         assert!(unit.contains(needed), "unit lacks {needed}");
     }

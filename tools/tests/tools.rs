@@ -252,3 +252,24 @@ fn load_client_tries_the_next_address() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `sluice-upstream --help` says what each query parameter does, so a user can drive it.
+#[test]
+fn test_upstream_help_lists_its_query_parameters() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-upstream"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for p in [
+        "status=N",
+        "delay_ms=N",
+        "body_bytes=N",
+        "chunked=1",
+        "echo=1",
+        "hang=1",
+        "reset=1",
+    ] {
+        assert!(text.contains(p), "--help lacks {p}: {text}");
+    }
+}
