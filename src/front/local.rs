@@ -49,7 +49,7 @@ impl Front {
             let reason = Reason::UpgradeUnsupported;
             let a = answer::error(&head, reason, &request_id, None, body_done);
             Some((a, Outcome::Sluice(reason)))
-        } else if let Err(reason) = check_encodable(&head, cfg.target_base().len()) {
+        } else if let Err(reason) = check_encodable(&head) {
             let a = answer::error(&head, reason, &request_id, None, false);
             Some((a, Outcome::Sluice(reason)))
         } else {

@@ -14,10 +14,10 @@ use crate::policy::reason::Reason;
 /// Can ureq send this request? What it would refuse is found before anything is sent, so that
 /// it is the client's error (400/414/431) — answered by the front end without a worker — and
 /// never an upstream failure: a line longer than ureq's output buffer, a `Host` or
-/// `Authorization` value that is not visible ASCII. `base_len`: the length of the upstream's
-/// `scheme://host:port`.
-pub fn check_encodable(head: &RequestHead, base_len: usize) -> Result<(), Reason> {
-    if head.method.len() + base_len + requote(&head.path).len() + LINE_OVERHEAD > OUTPUT_BUFFER {
+/// `Authorization` value that is not visible ASCII. The request line is checked against the
+/// longest upstream base URI there can be, so that the check needs no per-request allocation.
+pub fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
+    if head.method.len() + MAX_BASE + requote(&head.path).len() + LINE_OVERHEAD > OUTPUT_BUFFER {
         return Err(Reason::UriTooLong);
     }
     for h in &head.headers {
@@ -46,7 +46,7 @@ pub fn build(
     client: IpAddr,
     request_id: &str,
 ) -> Result<http::Request<()>, Reason> {
-    check_encodable(head, base.len())?;
+    check_encodable(head)?;
     let method =
         http::Method::from_bytes(head.method.as_bytes()).map_err(|_| Reason::BadRequest)?;
     let mut b = http::Request::builder()
@@ -87,6 +87,9 @@ pub fn requote(target: &str) -> Cow<'_, str> {
     }
     Cow::Owned(out)
 }
+
+/// The longest `scheme://host:port` an upstream base can be (`target_host` is at most 253 bytes).
+const MAX_BASE: usize = "https://".len() + 253 + "[]:65535".len();
 
 /// What a request or header line adds to its parts when written: `: `, ` HTTP/1.1`, CRLF.
 const LINE_OVERHEAD: usize = 16;
