@@ -11,20 +11,8 @@ use crate::http::parse::{Framing, RequestHead};
 use crate::http::write::Simple;
 use crate::policy::breaker::State;
 use crate::policy::connection::keep_alive;
+use crate::policy::route::{path_only, HEALTH, METRICS};
 use crate::state::Shared;
-
-pub const HEALTH: &str = "/proxy-health";
-pub const METRICS: &str = "/proxy-metrics";
-pub const PROMETHEUS: &str = "/proxy-metrics/prometheus";
-
-fn path_only(target: &str) -> &str {
-    target.split('?').next().unwrap_or(target)
-}
-
-/// True for a request to one of sluice's own paths (any method; only GET and HEAD are served).
-pub fn is_admin(head: &RequestHead) -> bool {
-    matches!(path_only(&head.path), HEALTH | METRICS | PROMETHEUS)
-}
 
 /// The response to an admin request, and whether the connection stays open after it.
 /// `queued`: requests waiting in the queue now.

@@ -3,7 +3,7 @@
 //! — what the socket does not take now goes out as it drains, and no new request is read from
 //! that connection until it has.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use mio::{Interest, Token};
 
 use super::Front;
 use crate::config::Config;
+use crate::http::conn::recv_now;
 use crate::http::parse::RequestHead;
 use crate::pool::handoff::Client;
 use crate::state::InProgress;
@@ -192,7 +193,7 @@ impl Front {
         }
         let mut sink = [0u8; 4096];
         loop {
-            match e.client.io.stream().read(&mut sink) {
+            match recv_now(e.client.io.stream(), &mut sink) {
                 Ok(0) => return self.close(key),
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

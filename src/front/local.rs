@@ -19,6 +19,7 @@ use crate::policy::headers;
 use crate::policy::outcome::{Finished, Outcome};
 use crate::policy::reason::Reason;
 use crate::policy::refusal::{refusal, Gate};
+use crate::policy::route::{route, Route};
 use crate::pool::handoff::{Client, Job, Parked};
 use crate::pool::slot::Slot;
 use crate::state::Shared;
@@ -28,7 +29,8 @@ impl Front {
     /// Handles one request head. True if the connection is still here, ready for the next one.
     pub(super) fn request(&mut self, key: usize, head: RequestHead, cfg: &Config) -> bool {
         let started = Instant::now();
-        if admin::is_admin(&head) {
+        let route = route(&head);
+        if route == Route::Admin {
             let (bytes, keep) = admin::answer(&self.shared, self.queue.len(), &head);
             return self.send(key, &bytes, keep);
         }
@@ -43,9 +45,9 @@ impl Front {
         };
         // Answered here, with no worker: `OPTIONS *`, WebSocket upgrades, requests ureq cannot
         // send, a draining sluice, an open breaker.
-        let local = if head.path == "*" {
+        let local = if route == Route::OptionsStar {
             Some((options_star(&head), Outcome::Upstream(200)))
-        } else if head.wants_websocket() {
+        } else if route == Route::Upgrade {
             let reason = Reason::UpgradeUnsupported;
             let a = answer::error(&head, reason, &request_id, None, body_done);
             Some((a, Outcome::Sluice(reason)))
@@ -234,7 +236,6 @@ pub(super) fn refuse_connection(shared: &Shared, client: Client) {
     let reason = Reason::TooManyConnections;
     let bytes =
         answer::error_response(reason, &headers::new_request_id(), None, true, false, false);
-    let _ = client.io.stream().set_nonblocking(true);
     let _ = client.io.try_send(&bytes);
     shared
         .metrics

@@ -96,7 +96,7 @@ impl Front {
         )?;
         let waker = Waker::new(poll.registry(), WAKE)?;
         let (tx, returns) = crossbeam_channel::unbounded();
-        let back = Back::new(tx, waker);
+        let back = Back::new(tx, waker, poll.registry().try_clone()?);
         let front = Front {
             shared,
             poll,
@@ -164,7 +164,11 @@ impl Front {
                     }
                     WAKE => {}
                     Token(key) => {
-                        let gone = ev.is_read_closed() || ev.is_error();
+                        // A socket watched for hang-ups only (a worker keeps it, `pool/keep.rs`)
+                        // reports nothing else: an event neither readable nor writable is one.
+                        let gone = ev.is_read_closed()
+                            || ev.is_error()
+                            || !(ev.is_readable() || ev.is_writable());
                         if !guarded(&shared, || self.ready(key, gone)) {
                             self.close(key);
                         }
@@ -239,16 +243,17 @@ impl Front {
             return local::refuse_connection(&self.shared, client);
         }
         let key = client.key();
-        let registered = client.io.stream().set_nonblocking(true).is_ok()
-            && self
-                .poll
-                .registry()
-                .register(
-                    &mut SourceFd(&client.io.stream().as_raw_fd()),
-                    Token(key),
-                    Interest::READABLE,
-                )
-                .is_ok();
+        // The socket stays in blocking mode: the front end's reads and writes pass
+        // `MSG_DONTWAIT` (`http::conn::recv_now`, `try_send`), a worker's block.
+        let registered = self
+            .poll
+            .registry()
+            .register(
+                &mut SourceFd(&client.io.stream().as_raw_fd()),
+                Token(key),
+                Interest::READABLE,
+            )
+            .is_ok();
         if registered {
             self.insert(key, Entry::waiting(client, &cfg, true));
             // A client usually sends its request at once: read it now, not a turn later.

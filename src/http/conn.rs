@@ -56,6 +56,8 @@ struct ReadBuf {
     /// Bytes after `pos` already searched for the end of a head: each byte is searched once,
     /// so a head arriving in small pieces costs time linear in its size.
     scanned: usize,
+    /// Where the head parsed last began, until the buffer moves: `unread_head` puts it back.
+    head_start: Option<usize>,
 }
 
 pub struct ClientConn {
@@ -114,6 +116,7 @@ impl ClientConn {
                 pos: 0,
                 end: 0,
                 scanned: 0,
+                head_start: None,
             },
             peer,
             io_timeout,
@@ -175,7 +178,7 @@ impl ClientConn {
                 let grown = (rb.buf.len() * 2).clamp(INITIAL_BUFFER, rb.pos + room);
                 rb.buf.resize(grown, 0);
             }
-            match (&self.stream).read(&mut rb.buf[rb.end..]) {
+            match recv_now(&self.stream, &mut rb.buf[rb.end..]) {
                 Ok(0) => return BodyPoll::Closed,
                 Ok(n) => rb.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -321,7 +324,7 @@ impl ClientConn {
         }
     }
 
-    /// Reads what the (non-blocking) socket has and parses a head if one is complete. While
+    /// Reads what the socket has now (without blocking) and parses a head if one is complete. While
     /// nothing is buffered the read buffer is freed, so an idle connection holds no buffer.
     pub fn poll_head(&mut self, max_head_bytes: usize) -> HeadPoll {
         self.rb.compact();
@@ -340,7 +343,7 @@ impl ClientConn {
                 }
                 rb.buf.resize(grown, 0);
             }
-            match (&self.stream).read(&mut rb.buf[rb.end..]) {
+            match recv_now(&self.stream, &mut rb.buf[rb.end..]) {
                 Ok(0) => return HeadPoll::Closed,
                 Ok(n) => rb.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -353,6 +356,68 @@ impl ClientConn {
                 Err(_) => return HeadPoll::Closed,
             }
         }
+    }
+
+    /// Waits (blocking, a worker) up to about `wait` for the next request head: `Pending` if it
+    /// is not all here by then (what arrived stays buffered, for the front end to go on with),
+    /// `Invalid` with the bytes left unparsed for the front end to refuse. Each read waits at
+    /// most `wait`, and no read starts after `wait` has passed: a client can hold the caller
+    /// for at most twice `wait`.
+    pub fn await_head(&mut self, wait: Duration, max_head_bytes: usize) -> HeadPoll {
+        self.rb.compact();
+        let deadline = Instant::now() + wait;
+        loop {
+            let rb = &mut self.rb;
+            match rb.try_head(max_head_bytes) {
+                Ok(Some(head)) => return HeadPoll::Ready(head),
+                Ok(None) => {}
+                Err(e) => {
+                    rb.scanned = 0;
+                    return HeadPoll::Invalid(e);
+                }
+            }
+            if Instant::now() >= deadline {
+                rb.scanned = 0;
+                return HeadPoll::Pending;
+            }
+            if rb.end == rb.buf.len() {
+                let grown =
+                    (rb.buf.len() * 2).clamp(INITIAL_BUFFER, max_head_bytes + INITIAL_BUFFER);
+                if grown <= rb.buf.len() {
+                    rb.scanned = 0;
+                    return HeadPoll::Invalid(HeadError::TooLarge);
+                }
+                rb.buf.resize(grown, 0);
+            }
+            // The same value every time: set once per connection, not per request (a syscall).
+            set_timeout(&self.stream, &mut self.read_timeout, wait);
+            match (&self.stream).read(&mut rb.buf[rb.end..]) {
+                Ok(0) => return HeadPoll::Closed,
+                Ok(n) => rb.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    rb.scanned = 0;
+                    return HeadPoll::Pending;
+                }
+                Err(_) => return HeadPoll::Closed,
+            }
+        }
+    }
+
+    /// Puts the head parsed last back in the buffer (before anything of its body was read),
+    /// for the front end to read again. False if there is none to put back.
+    pub fn unread_head(&mut self) -> bool {
+        let Some(start) = self.rb.head_start.take() else {
+            return false;
+        };
+        self.rb.pos = start;
+        self.rb.scanned = 0;
+        true
     }
 
     /// Switches to body reading: reads block for at most `io_timeout`.
@@ -399,6 +464,26 @@ fn buffered_body(data: &[u8], framing: Framing, limit: usize) -> Buffered {
     }
 }
 
+/// One read that does not wait, whatever the socket's mode (`MSG_DONTWAIT`). Client sockets
+/// stay in blocking mode all their life: the front end reads them with this, a worker with
+/// plain blocking reads, so a connection changing hands costs no mode switch (two `ioctl`s
+/// per request before; docs/PERFORMANCE.md).
+pub fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain `recv(2)` into a buffer this function borrows mutably for the call, with
+    // its true length; the kernel writes at most `buf.len()` bytes. (No safe wrapper takes
+    // `&mut [u8]` with flags.)
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 fn set_timeout(stream: &TcpStream, current: &mut Option<Duration>, want: Duration) {
     if *current != Some(want) && stream.set_read_timeout(Some(want)).is_ok() {
         *current = Some(want);
@@ -433,6 +518,7 @@ impl ReadBuf {
         tests::PARSES.with(|c| c.set(c.get() + 1));
         match parse_head(data, max_head)? {
             Some((head, len)) => {
+                self.head_start = Some(self.pos);
                 self.pos += len;
                 self.scanned = 0;
                 Ok(Some(head))
@@ -444,6 +530,7 @@ impl ReadBuf {
     /// Moves buffered bytes to the front; frees a large buffer once it is empty, so that idle
     /// keep-alive connections hold little memory.
     fn compact(&mut self) {
+        self.head_start = None;
         if self.pos == self.end {
             self.pos = 0;
             self.end = 0;
@@ -544,6 +631,7 @@ mod tests {
             pos: 0,
             end: 0,
             scanned: 0,
+            head_start: None,
         };
         PARSES.with(|c| c.set(0));
         let mut parsed = None;
@@ -568,6 +656,7 @@ mod tests {
             pos: 0,
             end: 0,
             scanned: 0,
+            head_start: None,
         };
         rb.buf[..4].copy_from_slice(b"GET ");
         rb.end = rb.buf.len();

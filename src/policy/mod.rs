@@ -6,6 +6,7 @@
 //! - `refusal`: refuse without forwarding (draining, queue time, breaker) and `Retry-After`.
 //! - `admission`: the bound on requests in the system (workers + queue).
 //! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget.
+//! - `route`: which requests sluice answers itself and which go upstream.
 //! - `headers`: what crosses sluice in each direction; `connection`: the keep-alive rule.
 
 pub mod admission;
@@ -16,3 +17,4 @@ pub mod outcome;
 pub mod reason;
 pub mod refusal;
 pub mod retry;
+pub mod route;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
-use mio::Waker;
+use mio::{Registry, Waker};
 
 use super::slot::Slot;
 use crate::http::conn::ClientConn;
@@ -30,6 +30,13 @@ pub struct Client {
     /// The front end cancels the worker's upstream exchange through this when the client
     /// hangs up while a worker has its request.
     pub cancel: Arc<Cancel>,
+    /// True while the front end watches this socket for hang-ups only, because a worker waits
+    /// on it for the next request itself (`pool/keep.rs`); `Back::give` watches it whole again.
+    pub kept: bool,
+    /// When a worker last finished a response on it.
+    pub last_done: Option<Instant>,
+    /// Its current request came promptly after its previous response (`pool/keep.rs`).
+    pub prompt: bool,
 }
 
 impl Client {
@@ -42,6 +49,9 @@ impl Client {
             shared: shared.clone(),
             stirred: Arc::new(AtomicBool::new(false)),
             cancel: Arc::default(),
+            kept: false,
+            last_done: None,
+            prompt: false,
         };
         (client, before)
     }
@@ -76,11 +86,17 @@ pub struct Job {
     pub ticket: Ticket,
 }
 
+/// What mio's `Interest::READABLE` registers, edge-triggered; and hang-ups only.
+const WATCH_ALL: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+const WATCH_HANGUPS: u32 = (libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
 /// How workers hand kept-alive connections back, and how the front end is woken.
 #[derive(Clone)]
 pub struct Back {
     tx: Sender<Client>,
     waker: Arc<Waker>,
+    /// The front end's event loop (its epoll instance, a duplicate descriptor of its own).
+    events: Arc<Registry>,
     /// True while the front end waits in `poll`.
     pub asleep: Arc<AtomicBool>,
     /// False once the front end has closed the listener (draining).
@@ -88,19 +104,25 @@ pub struct Back {
 }
 
 impl Back {
-    pub fn new(tx: Sender<Client>, waker: Waker) -> Self {
+    pub fn new(tx: Sender<Client>, waker: Waker, events: Registry) -> Self {
         Back {
             tx,
             waker: Arc::new(waker),
+            events: Arc::new(events),
             asleep: Arc::new(AtomicBool::new(false)),
             listening: Arc::new(AtomicBool::new(true)),
         }
     }
 
     /// Returns a connection whose request is done to the front end, for its next request.
-    pub fn give(&self, client: Client) {
-        if client.io.stream().set_nonblocking(true).is_err() {
-            return; // dropped: closed
+    pub fn give(&self, mut client: Client) {
+        if client.kept {
+            // Watched whole again first: a request that arrived meanwhile raises its event
+            // now (epoll checks readiness when a registration changes).
+            client.kept = false;
+            if !self.watch(&client, WATCH_ALL) {
+                return; // dropped: closed
+            }
         }
         let stirred = client.stirred.clone();
         if self.tx.send(client).is_err() {
@@ -110,6 +132,36 @@ impl Back {
         if stirred.load(SeqCst) && self.asleep.load(SeqCst) {
             self.wake();
         }
+    }
+
+    /// The front end watches `client` for hang-ups only (`EPOLLRDHUP`), while a worker waits
+    /// on it for its next request: that request's arrival then wakes the worker alone, not
+    /// the front end too, and a hang-up still cancels the worker's upstream exchange.
+    pub fn watch_hangups_only(&self, client: &mut Client) -> bool {
+        client.kept = self.watch(client, WATCH_HANGUPS);
+        client.kept
+    }
+
+    /// Changes the events the front end's loop watches on `client`'s socket, keeping its token
+    /// (mio registers sockets edge-triggered with the token in `u64`; mio's own API cannot
+    /// ask for hang-ups without readability).
+    fn watch(&self, client: &Client, events: u32) -> bool {
+        let mut ev = libc::epoll_event {
+            events,
+            u64: client.key() as u64,
+        };
+        // SAFETY: `epoll_ctl(2)` on the front end's epoll descriptor (a duplicate this `Back`
+        // keeps open) for a socket `client` owns, with a pointer to a local event valid for
+        // the call. No safe wrapper changes a registration to hang-ups only.
+        let done = unsafe {
+            libc::epoll_ctl(
+                self.events.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                client.io.stream().as_raw_fd(),
+                &mut ev,
+            )
+        };
+        done == 0
     }
 
     pub fn wake(&self) {

@@ -3,6 +3,7 @@
 //! blocking worker threads (`worker`) that forward through the one upstream client.
 
 pub mod handoff;
+pub mod keep;
 pub mod queue;
 pub mod slot;
 pub mod worker;

@@ -101,6 +101,14 @@ impl<T> Queue<T> {
         }
     }
 
+    /// True if nothing waits in the queue and a worker sleeps, ready for the next push: a
+    /// worker may then keep its connection for a moment (`pool/keep.rs`) without anyone
+    /// waiting on it.
+    pub fn spare(&self) -> bool {
+        let inner = self.lock();
+        inner.items.is_empty() && !inner.idle.is_empty()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().items.len()
     }
@@ -134,6 +142,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         q.try_push(7).unwrap();
         assert_eq!(sleeper.join().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn spare_only_while_nothing_waits_and_a_worker_sleeps() {
+        let q = Arc::new(Queue::new(4));
+        assert!(!q.spare(), "no worker sleeps yet");
+        let q2 = q.clone();
+        let sleeper = std::thread::spawn(move || q2.pop_timeout(Duration::from_secs(10)));
+        let t = Instant::now();
+        while !q.spare() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(q.spare(), "a worker sleeps and nothing waits");
+        q.try_push(1).unwrap();
+        assert_eq!(sleeper.join().unwrap(), Some(1));
+        assert!(!q.spare(), "the sleeper took the item: none sleeps");
+        q.try_push(2).unwrap();
+        assert!(!q.spare(), "an item waits");
     }
 
     #[test]

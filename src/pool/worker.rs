@@ -1,19 +1,22 @@
 //! The worker pool: `max_concurrent_requests` threads drain the bounded queue. Each job is
 //! checked once more for refusal (queue time, breaker — `policy/refusal.rs`), forwarded through
-//! the upstream client, recorded, and a kept-alive connection handed back to the front end. A
+//! the upstream client, recorded, and a kept-alive connection handed back to the front end —
+//! or kept for its next request while no one else needs this worker (`keep.rs`). A
 //! panic while handling one request is caught; the worker lives on.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::handoff::{Back, Job, Parked};
+use super::handoff::{Back, Client, Job, Parked};
+use super::keep::{self, Next};
 use super::queue::Queue;
 use crate::answer;
 use crate::http::parse::Framing;
 use crate::observe::access_log::RequestCtx;
+use crate::policy::admission::Ticket;
 use crate::policy::breaker::Admit;
 use crate::policy::outcome::{Finished, Outcome};
 use crate::policy::reason::Reason;
@@ -100,11 +103,24 @@ fn admit(shared: &Shared, may_probe: bool) -> Result<Admit, Refusal> {
 }
 
 fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
-    let shared = &*pool.shared;
     let Job { slot, ticket } = job;
     let Some(parked) = slot.take() else {
         return; // the front end answered 503 queue_timeout already
     };
+    let mut kept = serve(pool, parked, ticket, scratch);
+    // A busy connection's next requests, while no one else needs this worker (`keep.rs`).
+    while let Some(client) = kept.take() {
+        match keep::next(&pool.shared, &pool.queue, &pool.back, client) {
+            Next::Serve(parked, ticket) => kept = serve(pool, parked, ticket, scratch),
+            Next::Back(client) => pool.back.give(client),
+            Next::Gone => {}
+        }
+    }
+}
+
+/// Serves one request; returns its connection if it stays open with nothing left to send.
+fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Option<Client> {
+    let shared = &*pool.shared;
     let active = Active::new(shared);
     let cfg = shared.config();
     let Parked {
@@ -116,15 +132,12 @@ fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
     } = parked;
     let waited = started.elapsed();
     shared.metrics.record_queue_wait(waited);
-    // The front end reads heads without blocking; a worker blocks, under its timeouts.
-    if client.io.stream().set_nonblocking(false).is_err() {
-        return;
-    }
+    client.prompt = keep::prompt(client.last_done, started);
     if cfg.abort_on_client_close && client.cancel.hung_up() {
         // Its client left while it waited in the queue: never sent upstream.
         let ctx = RequestCtx::new(&head, &request_id, client.io.peer, started, waited);
         shared.finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
-        return;
+        return None;
     }
     let cancel = client.cancel.clone();
     let (conn, rid) = (&mut client.io, request_id.as_str());
@@ -168,10 +181,13 @@ fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
     if !fin.keep_alive && matches!(fin.outcome, Outcome::Sluice(_)) && !client.io.has_unsent() {
         client.io.leave_unsent(Vec::new(), true);
     }
-    // Kept alive, or with something the front end must still send (then maybe close).
-    if fin.keep_alive || client.io.has_unsent() {
+    client.last_done = Some(Instant::now());
+    // Something the front end must still send (then maybe close).
+    if client.io.has_unsent() {
         pool.back.give(client);
+        return None;
     }
+    fin.keep_alive.then_some(client)
 }
 
 #[cfg(test)]
