@@ -399,3 +399,18 @@ fn targets_with_bytes_a_uri_cannot_carry_are_forwarded_percent_encoded() {
         assert_eq!(up.received()[0].target, *forwarded);
     }
 }
+
+/// A target given by name is looked up (and the addresses kept, `upstream/resolve.rs`): every
+/// request reaches the upstream, over one pooled connection.
+#[test]
+fn a_target_named_by_host_name_is_served() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.target_host = "localhost".into());
+    let mut c = Conn::open(s.addr());
+    for i in 0..20 {
+        let r = c.get(&format!("/named{i}"));
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(up.request_count(), 20);
+    assert_eq!(up.connection_count(), 1);
+}

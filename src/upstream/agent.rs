@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::Agent;
 
+use super::resolve::CachedResolver;
 use super::transport::UpstreamTcp;
 use crate::config::Config;
 
@@ -22,7 +22,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// No environment proxy, no redirects, statuses are not errors, nothing injected, any
-    /// method, separate connect and read timeouts, a pool sized for the workers.
+    /// method, separate connect and read timeouts, a pool sized for the workers, the target's
+    /// addresses cached (`resolve.rs`).
     pub fn new(cfg: &Config) -> Self {
         let pool = cfg.pool_maxsize.max(1);
         let config = Agent::config_builder()
@@ -47,7 +48,7 @@ impl Upstream {
             .output_buffer_size(OUTPUT_BUFFER)
             .build();
         let connector = UpstreamTcp.chain(RustlsConnector::default());
-        let agent = Agent::with_parts(config, connector, DefaultResolver::default());
+        let agent = Agent::with_parts(config, connector, CachedResolver::default());
         Upstream {
             agent,
             base: cfg.target_base(),

@@ -2,7 +2,10 @@
 //! timeout, Nagle off, reads and writes under ureq's timeouts, EINTR retried) with a cheaper
 //! liveness probe. ureq probes a pooled connection when it is put back and again when it is taken,
 //! each time by switching the socket to non-blocking, reading one byte and switching back: six
-//! syscalls per request. Here each probe is one `recv(MSG_PEEK | MSG_DONTWAIT)`. Socket timeouts
+//! syscalls per request. Here only the probe when it is taken reads the socket, with one
+//! `recv(MSG_PEEK | MSG_DONTWAIT)`: the one when it is put back, right after its response was
+//! read, is answered "open" at once, since whatever that probe could see (a stray byte, a
+//! close) the next one sees too, before any request is written (`is_open`). Socket timeouts
 //! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
 //! changes on every request); see `keep_close`. Before each socket operation the connection
 //! attaches itself to the worker's current exchange, so a client's hang-up can cancel it
@@ -59,6 +62,7 @@ impl Connector<()> for UpstreamTcp {
                         read_timeout: None,
                         write_timeout: None,
                         attached: (0, 0),
+                        asked: false,
                     };
                     let handle = Arc::downgrade(&conn.stream) as Weak<dyn ShutdownHandle>;
                     (details.register_shutdown)(handle)?;
@@ -97,6 +101,8 @@ pub struct TcpConn {
     write_timeout: Option<Duration>,
     /// The request this socket was last attached to for cancellation.
     attached: Attached,
+    /// ureq asked `is_open` with no read or write since: the next ask reads the socket.
+    asked: bool,
 }
 
 impl fmt::Debug for TcpConn {
@@ -148,6 +154,7 @@ impl Transport for TcpConn {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
+        self.asked = false;
         attach_current(&self.handle, &mut self.attached);
         let timeout = timeout.for_write();
         let want = left(timeout)?;
@@ -160,6 +167,7 @@ impl Transport for TcpConn {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        self.asked = false;
         attach_current(&self.handle, &mut self.attached);
         let timeout = timeout.for_read();
         let want = left(timeout)?;
@@ -178,8 +186,15 @@ impl Transport for TcpConn {
     }
 
     /// Open means: nothing to read and no end of stream. Any byte the upstream sent unasked, or
-    /// its close, makes the connection unfit for another request.
+    /// its close, makes the connection unfit for another request. ureq asks twice between two
+    /// requests — when the connection goes back to its pool, right after a response, and when
+    /// it is taken for the next request — with no I/O between: the first ask is answered
+    /// "open" without a syscall, the second (which always comes before a request is written)
+    /// reads the socket.
     fn is_open(&mut self) -> bool {
+        if !std::mem::replace(&mut self.asked, true) {
+            return true;
+        }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];
         let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
         match SockRef::from(&self.stream.0).recv_with_flags(&mut probe, flags) {

@@ -1,0 +1,162 @@
+//! Name resolution for the agent, cached. ureq resolves the target's name on every request,
+//! before it looks in its pool — one `getaddrinfo` per request even when a pooled connection is
+//! then used (re-reading `/etc/hosts`, and in Kubernetes several DNS queries for a service name
+//! under `ndots:5`), and a DNS outage would fail requests that need no new connection. Here the
+//! addresses of the one target are kept for `FRESH`; then one request looks them up again while
+//! the others go on with the ones known; if that look-up fails, the known addresses are used
+//! for another `RETRY` before the next try (README "Settings", `target_host`).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use ureq::config::Config;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
+use ureq::Error;
+
+/// How long looked-up addresses are used before they are looked up again.
+pub const FRESH: Duration = Duration::from_secs(5);
+/// After a failed look-up, how long the addresses known before are used before the next try.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct CachedResolver {
+    inner: DefaultResolver,
+    cache: Mutex<Cache>,
+}
+
+impl fmt::Debug for CachedResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedResolver").finish()
+    }
+}
+
+/// The addresses last looked up, for which target, and until when they are used as they are.
+#[derive(Default)]
+struct Cache {
+    entry: Option<(String, ResolvedSocketAddrs)>,
+    use_until: Option<Instant>,
+}
+
+/// What a request does about the target's addresses.
+enum Plan {
+    Use(ResolvedSocketAddrs),
+    /// Look them up; `known`: what to use if that fails.
+    LookUp {
+        known: Option<ResolvedSocketAddrs>,
+    },
+}
+
+impl Cache {
+    /// One request's decision at `now`. The first request to find the addresses due for a
+    /// look-up does it; the others meanwhile use the known ones (for up to `RETRY`).
+    fn plan(&mut self, key: &str, now: Instant) -> Plan {
+        let known = match &self.entry {
+            Some((k, addrs)) if k == key => Some(addrs.clone()),
+            _ => None,
+        };
+        match known {
+            Some(addrs) if self.use_until.is_some_and(|t| now < t) => Plan::Use(addrs),
+            known => {
+                if known.is_some() {
+                    self.use_until = Some(now + RETRY);
+                }
+                Plan::LookUp { known }
+            }
+        }
+    }
+
+    fn looked_up(&mut self, key: &str, addrs: &ResolvedSocketAddrs, now: Instant) {
+        self.entry = Some((key.to_string(), addrs.clone()));
+        self.use_until = Some(now + FRESH);
+    }
+}
+
+impl Resolver for CachedResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, Error> {
+        let key = match (uri.scheme_str(), uri.authority()) {
+            (Some(s), Some(a)) => format!("{s}://{a}"),
+            _ => return self.inner.resolve(uri, config, timeout),
+        };
+        let plan = self.cache.lock().plan(&key, Instant::now());
+        match plan {
+            Plan::Use(addrs) => Ok(addrs),
+            Plan::LookUp { known } => match self.inner.resolve(uri, config, timeout) {
+                Ok(addrs) => {
+                    self.cache.lock().looked_up(&key, &addrs, Instant::now());
+                    Ok(addrs)
+                }
+                Err(e) => {
+                    if known.is_some() {
+                        crate::warn!("looking up {key} failed ({e}); using the addresses known");
+                    }
+                    known.ok_or(e)
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn addrs(port: u16) -> ResolvedSocketAddrs {
+        let mut a = DefaultResolver::default().empty();
+        a.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        a
+    }
+
+    fn port(p: Plan) -> Option<u16> {
+        match p {
+            Plan::Use(a) => Some(a[0].port()),
+            Plan::LookUp { .. } => None,
+        }
+    }
+
+    #[test]
+    fn addresses_are_looked_up_once_per_fresh_period_by_one_request() {
+        let t = Instant::now();
+        let mut c = Cache::default();
+        assert!(matches!(
+            c.plan("http://a:1", t),
+            Plan::LookUp { known: None }
+        ));
+        c.looked_up("http://a:1", &addrs(1), t);
+        assert_eq!(port(c.plan("http://a:1", t + FRESH / 2)), Some(1));
+        // Due: the first request looks up; the others use the known ones meanwhile.
+        let due = t + FRESH;
+        assert!(matches!(
+            c.plan("http://a:1", due),
+            Plan::LookUp { known: Some(_) }
+        ));
+        assert_eq!(port(c.plan("http://a:1", due)), Some(1));
+        assert_eq!(port(c.plan("http://a:1", due + RETRY / 2)), Some(1));
+        // That look-up failed: the next try comes after RETRY.
+        assert!(matches!(
+            c.plan("http://a:1", due + RETRY),
+            Plan::LookUp { known: Some(_) }
+        ));
+        c.looked_up("http://a:1", &addrs(2), due + RETRY);
+        assert_eq!(port(c.plan("http://a:1", due + RETRY)), Some(2));
+    }
+
+    #[test]
+    fn another_target_is_looked_up_afresh() {
+        let t = Instant::now();
+        let mut c = Cache::default();
+        c.looked_up("http://a:1", &addrs(1), t);
+        assert!(matches!(
+            c.plan("http://b:1", t),
+            Plan::LookUp { known: None }
+        ));
+    }
+}
