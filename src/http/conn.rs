@@ -445,7 +445,9 @@ fn buffered_body(data: &[u8], framing: Framing, limit: usize) -> Buffered {
         Framing::Chunked => {
             let mut src = data;
             let mut body = RequestBody::new(&mut src, Framing::Chunked, limit as u64);
-            let mut sink = [0u8; 4096];
+            // Small: a 4 KiB array here made every caller touch a page of its worker's stack
+            // (Rust probes each page of a large frame), chunked body or not.
+            let mut sink = [0u8; 512];
             loop {
                 match body.read(&mut sink) {
                     Ok(0) if body.is_complete() => return Buffered::Complete,

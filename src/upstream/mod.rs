@@ -1,10 +1,11 @@
 //! The upstream side, driven by a worker with blocking I/O: the one agent (`agent`) over
-//! sluice's TCP transport (`transport`) with the target's addresses cached (`resolve`), the upstream request (`request`), the attempts with
+//! sluice's TCP transport (`transport`, its buffers `buffers`) with the target's addresses cached (`resolve`), the upstream request (`request`), the attempts with
 //! retries (`attempt`), cancellation when the client hangs up (`cancel`), the classification of ureq's errors (`classify`) and the response
 //! relayed to the client (`relay`).
 
 pub mod agent;
 pub mod attempt;
+pub mod buffers;
 pub mod cancel;
 pub mod classify;
 pub mod relay;

@@ -9,7 +9,7 @@
 //! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
 //! changes on every request); see `keep_close`. Before each socket operation the connection
 //! attaches itself to the worker's current exchange, so a client's hang-up can cancel it
-//! (`cancel.rs`).
+//! (`cancel.rs`). Its buffers are held only while used (`buffers.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
+    Buffers, ConnectionDetails, Connector, NextTimeout, ShutdownHandle, Transport,
 };
 use ureq::{Error, Timeout};
 
+use super::buffers::SlimBuffers;
 use super::cancel::{attach_current, Attached};
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
@@ -50,7 +51,7 @@ impl Connector<()> for UpstreamTcp {
                     if details.config.no_delay() {
                         stream.set_nodelay(true)?;
                     }
-                    let buffers = LazyBuffers::new(
+                    let buffers = SlimBuffers::new(
                         details.config.input_buffer_size(),
                         details.config.output_buffer_size(),
                     );
@@ -96,7 +97,7 @@ pub struct TcpConn {
     stream: Arc<Sock>,
     /// The same socket, as the handle a client's hang-up shuts down (`cancel.rs`).
     handle: Arc<dyn ShutdownHandle>,
-    buffers: LazyBuffers,
+    buffers: SlimBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     /// The request this socket was last attached to for cancellation.
@@ -168,6 +169,8 @@ impl Transport for TcpConn {
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
         self.asked = false;
+        // What was written is sent: the output buffer is not needed while the response comes.
+        self.buffers.release_output();
         attach_current(&self.handle, &mut self.attached);
         let timeout = timeout.for_read();
         let want = left(timeout)?;
@@ -193,6 +196,8 @@ impl Transport for TcpConn {
     /// reads the socket.
     fn is_open(&mut self) -> bool {
         if !std::mem::replace(&mut self.asked, true) {
+            // Going back to the pool: an idle connection holds no buffers.
+            self.buffers.release();
             return true;
         }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];

@@ -1,0 +1,218 @@
+//! The read and write buffers of one upstream connection, sized to what a proxy needs and held
+//! only while used. ureq's own (`LazyBuffers`) allocate the whole input and output size on first
+//! use and keep both for the connection's life, idle in the pool included. Here:
+//! - the input buffer starts at `INPUT_START` (a usual response head) and doubles, up to the
+//!   configured size (the largest response head accepted), when a read fills it — a long head,
+//!   or a body arriving faster than it is taken, which then moves in larger reads;
+//! - the output buffer (which must hold the longest request line or header line) exists only
+//!   while a request is written: it is freed when the connection waits for the response;
+//! - both are freed when the connection goes back to the pool (`release`).
+//!
+//! So a request waiting on a slow upstream holds a few KiB here, not 32, and an idle pooled
+//! connection none (docs/PERFORMANCE.md "Memory").
+
+use ureq::unversioned::transport::Buffers;
+
+/// The input buffer's first size.
+pub const INPUT_START: usize = 4 * 1024;
+/// ureq reads a request body into the input buffer's free part before writing it out: at least
+/// this much room is made (ureq's own minimum).
+const MIN_TMP: usize = 10 * 1024;
+
+#[derive(Debug)]
+pub struct SlimBuffers {
+    input: Vec<u8>,
+    filled: usize,
+    consumed: usize,
+    /// The free length last offered for a read; a read that filled it asks for more room.
+    offered: usize,
+    grow: bool,
+    input_max: usize,
+    output: Vec<u8>,
+    output_size: usize,
+    progress: bool,
+}
+
+impl SlimBuffers {
+    pub fn new(input_max: usize, output_size: usize) -> Self {
+        SlimBuffers {
+            input: Vec::new(),
+            filled: 0,
+            consumed: 0,
+            offered: 0,
+            grow: false,
+            input_max: input_max.max(1),
+            output: Vec::new(),
+            output_size: output_size.max(1),
+            progress: false,
+        }
+    }
+
+    /// The request is written: its buffer is not needed until the next one.
+    pub fn release_output(&mut self) {
+        self.output = Vec::new();
+    }
+
+    /// Between exchanges (the connection goes back to the pool): frees both buffers. Unread
+    /// input, which makes the connection unfit for reuse anyway, is kept.
+    pub fn release(&mut self) {
+        self.release_output();
+        if self.consumed == self.filled {
+            self.input = Vec::new();
+            self.filled = 0;
+            self.consumed = 0;
+            self.grow = false;
+            self.progress = false;
+        }
+    }
+
+    /// The bytes held now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.input.len() + self.output.len()
+    }
+
+    /// Moves unconsumed input to the front when that frees room (as ureq's own buffer does).
+    fn shift(&mut self) {
+        if self.consumed == 0 {
+            return;
+        }
+        if self.consumed == self.filled {
+            self.consumed = 0;
+            self.filled = 0;
+        } else if self.filled > self.input.len() / 2 {
+            self.input.copy_within(self.consumed..self.filled, 0);
+            self.filled -= self.consumed;
+            self.consumed = 0;
+        }
+    }
+
+    fn resize_input(&mut self, len: usize) {
+        if len > self.input.len() {
+            self.input.resize(len, 0);
+        }
+    }
+}
+
+impl Buffers for SlimBuffers {
+    fn output(&mut self) -> &mut [u8] {
+        if self.output.is_empty() {
+            self.output = vec![0; self.output_size];
+        }
+        &mut self.output
+    }
+
+    fn input(&self) -> &[u8] {
+        &self.input[self.consumed..self.filled]
+    }
+
+    fn input_append_buf(&mut self) -> &mut [u8] {
+        self.shift();
+        let len = self.input.len();
+        if len == 0 {
+            self.resize_input(INPUT_START.min(self.input_max));
+        } else if (self.grow || self.filled == len) && len < self.input_max {
+            self.resize_input((len * 2).min(self.input_max));
+        }
+        self.grow = false;
+        self.offered = self.input.len() - self.filled;
+        &mut self.input[self.filled..]
+    }
+
+    fn input_appended(&mut self, amount: usize) {
+        self.filled = (self.filled + amount).min(self.input.len());
+        self.grow = amount > 0 && amount == self.offered;
+    }
+
+    fn input_consume(&mut self, amount: usize) {
+        self.progress = amount > 0;
+        self.consumed = (self.consumed + amount).min(self.filled);
+    }
+
+    fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
+        self.shift();
+        self.resize_input(self.filled + MIN_TMP);
+        if self.output.is_empty() {
+            self.output = vec![0; self.output_size];
+        }
+        (&mut self.input[self.filled..], &mut self.output)
+    }
+
+    fn can_use_input(&self) -> bool {
+        self.consumed < self.filled && self.progress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(b: &mut SlimBuffers, data: &[u8]) -> usize {
+        let buf = b.input_append_buf();
+        let n = buf.len().min(data.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        b.input_appended(n);
+        n
+    }
+
+    #[test]
+    fn the_input_buffer_starts_small_and_grows_to_its_limit_when_filled() {
+        let mut b = SlimBuffers::new(16 * 1024, 16 * 1024);
+        assert_eq!(b.held(), 0, "nothing until used");
+        assert_eq!(read(&mut b, b"HTTP/1.1 200 OK\r\n"), 17);
+        assert_eq!(b.input.len(), INPUT_START, "a usual head fits the first size");
+        // A long head: each read fills what is offered; the buffer doubles up to the limit.
+        let long = vec![b'x'; 40 * 1024];
+        let mut got = 17;
+        while b.input.len() - b.filled > 0 || b.input.len() < 16 * 1024 {
+            let n = read(&mut b, &long);
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert_eq!(b.input.len(), 16 * 1024, "never past the limit");
+        assert_eq!(got, 16 * 1024);
+        assert_eq!(b.input().len(), 16 * 1024);
+        assert!(b.input_append_buf().is_empty(), "full: ureq refuses the head");
+    }
+
+    #[test]
+    fn a_body_moving_fast_gets_larger_reads_and_everything_is_freed_between_exchanges() {
+        let mut b = SlimBuffers::new(16 * 1024, 8 * 1024);
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            let n = read(&mut b, &chunk);
+            sizes.push(n);
+            assert!(b.input().iter().all(|&x| x == 7));
+            let all = b.input().len();
+            b.input_consume(all);
+        }
+        assert_eq!(sizes, [4096, 8192, 16384, 16384]);
+        assert_eq!(b.output().len(), 8 * 1024);
+        b.release_output();
+        assert_eq!(b.held(), 16 * 1024);
+        b.release();
+        assert_eq!(b.held(), 0);
+        // Next exchange: small again.
+        read(&mut b, b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(b.input.len(), INPUT_START);
+    }
+
+    #[test]
+    fn unconsumed_input_survives_shifts_growth_and_release() {
+        let mut b = SlimBuffers::new(16 * 1024, 1024);
+        read(&mut b, &[1u8; 4096]);
+        b.input_consume(4000);
+        read(&mut b, &[2u8; 100]);
+        let mut want = vec![1u8; 96];
+        want.extend([2u8; 100]);
+        assert_eq!(b.input(), &want[..]);
+        b.release();
+        assert_eq!(b.input(), &want[..], "kept: the connection is not reused");
+        let (tmp, out) = b.tmp_and_output();
+        assert!(tmp.len() >= MIN_TMP && out.len() == 1024);
+        assert_eq!(b.input(), &want[..]);
+    }
+}
