@@ -289,14 +289,17 @@ impl Front {
         let cfg = self.shared.config();
         while let Ok(client) = self.returns.try_recv() {
             let key = client.key();
+            // Bytes to read now: buffered already (pipelined, or a head a worker put back), or
+            // the socket stirred while a worker had it (that event was spent). Otherwise the
+            // next request raises its own event: no read that would find nothing.
+            let ready = client.io.has_buffered() || client.stirred.load(SeqCst);
             let entry = Entry::waiting(client, &cfg, false);
             let unsent = !entry.out.is_empty() || entry.close_after;
             self.insert(key, entry);
             if unsent {
                 self.interest(key, Interest::READABLE | Interest::WRITABLE);
                 self.flush(key);
-            } else {
-                // Whatever arrived while a worker had the connection raised no event here.
+            } else if ready {
                 self.advance(key);
             }
         }
