@@ -4,7 +4,7 @@
 //! Every proxied request ends in exactly one `Outcome`; the JSON counters of the Python service
 //! and the Prometheus `outcome` label are both derived from it.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -91,6 +91,39 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static histogram bounds are valid")
 }
 
+/// A histogram in shards, each under its own lock: workers record into the shard of their
+/// thread, so fifty workers finishing requests at once do not queue on one lock (a contended
+/// lock parks a thread: a context switch). Read by merging the shards (the metrics endpoints).
+struct Sharded([Mutex<Histogram<u64>>; SHARDS]);
+
+const SHARDS: usize = 8;
+
+impl Sharded {
+    fn new() -> Self {
+        Sharded(std::array::from_fn(|_| Mutex::new(new_histogram())))
+    }
+
+    fn record(&self, us: u64) {
+        thread_local! {
+            static SHARD: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Relaxed) % SHARDS
+            };
+        }
+        let i = SHARD.with(|s| *s);
+        self.0[i].lock().saturating_record(us);
+    }
+
+    fn summary(&self) -> Summary {
+        let mut all = new_histogram();
+        for shard in &self.0 {
+            // Same bounds: adding cannot fail.
+            let _ = all.add(&*shard.lock());
+        }
+        summarize(&all)
+    }
+}
+
 pub struct Metrics {
     started: Instant,
     outcomes: [AtomicU64; OUTCOME_LABELS.len()],
@@ -102,8 +135,8 @@ pub struct Metrics {
     pub worker_panics: AtomicU64,
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_sum_us: AtomicU64,
-    latency: Mutex<Histogram<u64>>,
-    queue_wait: Mutex<Histogram<u64>>,
+    latency: Sharded,
+    queue_wait: Sharded,
     rate: RateWindow,
 }
 
@@ -154,8 +187,8 @@ impl Metrics {
             worker_panics: AtomicU64::new(0),
             duration_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             duration_sum_us: AtomicU64::new(0),
-            latency: Mutex::new(new_histogram()),
-            queue_wait: Mutex::new(new_histogram()),
+            latency: Sharded::new(),
+            queue_wait: Sharded::new(),
             rate: RateWindow::new(),
         }
     }
@@ -179,7 +212,7 @@ impl Metrics {
         }
         self.duration_sum_us.fetch_add(us, Relaxed);
         if outcome.proxied() {
-            self.latency.lock().saturating_record(us);
+            self.latency.record(us);
         }
         self.rate.add(self.started.elapsed().as_secs());
     }
@@ -187,7 +220,7 @@ impl Metrics {
     /// Records how long a request waited in the queue before a worker took it.
     pub fn record_queue_wait(&self, waited: Duration) {
         let us = waited.as_micros().clamp(1, 3_600_000_000) as u64;
-        self.queue_wait.lock().saturating_record(us);
+        self.queue_wait.record(us);
     }
 
     /// Count of requests that ended with this outcome label.
@@ -237,11 +270,11 @@ impl Metrics {
     }
 
     pub fn latency(&self) -> Summary {
-        summarize(&self.latency.lock())
+        self.latency.summary()
     }
 
     pub fn queue_wait(&self) -> Summary {
-        summarize(&self.queue_wait.lock())
+        self.queue_wait.summary()
     }
 
     /// Cumulative counts for the Prometheus buckets, then (sum in seconds, count).

@@ -9,7 +9,7 @@
 //! per request than 16 did).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 pub struct Queue<T> {
     inner: Mutex<Inner<T>>,
     capacity: usize,
+    /// Mirrors of the queued items and sleeping workers, written under the lock, so that
+    /// `spare` (asked by every worker after every kept-alive response) takes no lock.
+    queued: AtomicUsize,
+    sleeping: AtomicUsize,
 }
 
 struct Inner<T> {
@@ -46,7 +50,15 @@ impl<T> Queue<T> {
                 idle: Vec::new(),
             }),
             capacity,
+            queued: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
         }
+    }
+
+    /// Updates the mirrors after a change under the lock.
+    fn mirror(&self, inner: &Inner<T>) {
+        self.queued.store(inner.items.len(), Relaxed);
+        self.sleeping.store(inner.idle.len(), Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<T>> {
@@ -65,6 +77,7 @@ impl<T> Queue<T> {
         if let Some(s) = &sleeper {
             s.woken.store(true, Relaxed);
         }
+        self.mirror(&inner);
         drop(inner);
         if let Some(s) = sleeper {
             s.thread.unpark();
@@ -88,6 +101,7 @@ impl<T> Queue<T> {
                 if stacked {
                     inner.idle.retain(|s| !Arc::ptr_eq(s, &me));
                 }
+                self.mirror(&inner);
                 return item;
             }
             if !stacked {
@@ -95,6 +109,7 @@ impl<T> Queue<T> {
                 inner.idle.push(me.clone());
                 stacked = true;
             }
+            self.mirror(&inner);
             drop(inner);
             std::thread::park_timeout(deadline - now);
             inner = self.lock();
@@ -105,8 +120,7 @@ impl<T> Queue<T> {
     /// worker may then keep its connection for a moment (`pool/keep.rs`) without anyone
     /// waiting on it.
     pub fn spare(&self) -> bool {
-        let inner = self.lock();
-        inner.items.is_empty() && !inner.idle.is_empty()
+        self.queued.load(Relaxed) == 0 && self.sleeping.load(Relaxed) > 0
     }
 
     pub fn len(&self) -> usize {

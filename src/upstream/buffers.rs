@@ -160,7 +160,11 @@ mod tests {
         let mut b = SlimBuffers::new(16 * 1024, 16 * 1024);
         assert_eq!(b.held(), 0, "nothing until used");
         assert_eq!(read(&mut b, b"HTTP/1.1 200 OK\r\n"), 17);
-        assert_eq!(b.input.len(), INPUT_START, "a usual head fits the first size");
+        assert_eq!(
+            b.input.len(),
+            INPUT_START,
+            "a usual head fits the first size"
+        );
         // A long head: each read fills what is offered; the buffer doubles up to the limit.
         let long = vec![b'x'; 40 * 1024];
         let mut got = 17;
@@ -174,7 +178,10 @@ mod tests {
         assert_eq!(b.input.len(), 16 * 1024, "never past the limit");
         assert_eq!(got, 16 * 1024);
         assert_eq!(b.input().len(), 16 * 1024);
-        assert!(b.input_append_buf().is_empty(), "full: ureq refuses the head");
+        assert!(
+            b.input_append_buf().is_empty(),
+            "full: ureq refuses the head"
+        );
     }
 
     #[test]
