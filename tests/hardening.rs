@@ -62,8 +62,10 @@ fn ten_thousand_idle_keep_alive_connections_cost_little_and_close_on_time() {
     let p = Proc::in_front_of(
         up.port(),
         &[
+            // Long enough for all 10,000 answers to be read (~4 s with debug builds) before
+            // the first connections go idle past it.
             "--client-idle-timeout",
-            "4",
+            "7",
             "--max-connections",
             "11000",
             "--max-queue-size",
@@ -108,12 +110,12 @@ fn ten_thousand_idle_keep_alive_connections_cost_little_and_close_on_time() {
         "still serving with {N} idle connections"
     );
     let t = Instant::now();
-    assert!(eventually(Duration::from_secs(15), || metrics(p.addr)
+    assert!(eventually(Duration::from_secs(18), || metrics(p.addr)
         ["client_connections"]
         == 1));
     let took = t.elapsed();
     assert!(
-        took > Duration::from_secs(1) && took < Duration::from_secs(12),
+        took > Duration::from_secs(1) && took < Duration::from_secs(15),
         "idle close after {took:?}"
     );
     assert!(conns[0].closed_within(Duration::from_secs(1)));
