@@ -11,7 +11,12 @@ use super::body::{BodyError, RequestBody};
 use super::parse::{parse_head, Framing, HeadError, RequestHead};
 use crate::http::pace::Pace;
 
-const INITIAL_BUFFER: usize = 4096;
+/// A connection's read buffer's first size (a usual request head fits; a longer one doubles it).
+const INITIAL_BUFFER: usize = 2048;
+/// The read buffer's size while a request body is read through it.
+const BODY_BUFFER: usize = 16 * 1024;
+/// A body read at least this large goes straight from the socket, past the buffer.
+const DIRECT_READ: usize = 4096;
 
 /// Why no request head could be read.
 #[derive(Debug, PartialEq, Eq)]
@@ -576,7 +581,7 @@ impl Reader<'_> {
 
 impl Read for Reader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.rb.pos == self.rb.end && out.len() >= INITIAL_BUFFER {
+        if self.rb.pos == self.rb.end && out.len() >= DIRECT_READ {
             let n = self.read_socket(out)?;
             self.delivered(n);
             return Ok(n);
@@ -593,8 +598,8 @@ impl BufRead for Reader<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.rb.pos == self.rb.end {
             let mut buf = std::mem::take(&mut self.rb.buf);
-            if buf.len() < INITIAL_BUFFER * 4 {
-                buf.resize(INITIAL_BUFFER * 4, 0);
+            if buf.len() < BODY_BUFFER {
+                buf.resize(BODY_BUFFER, 0);
             }
             let read = self.read_socket(&mut buf);
             self.rb.buf = buf;
