@@ -22,6 +22,7 @@ mod front;
 mod policy;
 mod pool;
 mod rand;
+mod runnable;
 mod state;
 mod upstream;
 
@@ -64,7 +65,10 @@ pub fn start(config: Config) -> io::Result<Running> {
     observe::log::set_level(config.log_level);
     let upstream = Arc::new(UpstreamClient::new(&config));
     let shared = Arc::new(Shared::new(config));
-    let queue = Arc::new(Queue::new(shared.admission.capacity()));
+    let queue = Arc::new(Queue::with_run_cap(
+        shared.admission.capacity(),
+        pool::worker::run_cap(),
+    ));
     let (front, back) = front::Front::new(shared.clone(), queue.clone(), listener)?;
     let workers = pool::worker::spawn(&Pool {
         shared: shared.clone(),

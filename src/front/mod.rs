@@ -6,7 +6,8 @@
 //! open breaker, a full queue, a request whose time in the queue ran out. Every other request
 //! goes onto the bounded queue for the worker pool; a worker hands a kept-alive connection back.
 //!
-//! Deadlines (idle, header, queue, a stalled answer) are checked every `TICK`.
+//! Deadlines (idle, header, queue, a stalled answer) are checked every `TICK`, and a request
+//! left waiting while a worker sleeps wakes one.
 //!
 //! Here: the loop, accepting, reading heads, deadlines. The connection table and the
 //! non-blocking writer are in `conns.rs`, the answers given without a worker in `local.rs`,
@@ -361,6 +362,9 @@ impl Front {
 
     /// Deadlines: queue time, idle and header timeouts, stalled answers.
     fn tick(&mut self, now: Instant) {
+        // A request waiting while a worker sleeps (its runners blocked somewhere unmarked):
+        // wake one (`runnable.rs`).
+        self.queue.nudge();
         let mut expired = Vec::new();
         self.queued.retain(|(deadline, slot)| {
             if slot.is_taken() {

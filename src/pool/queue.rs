@@ -9,10 +9,14 @@
 //! per request than 16 did).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicIsize, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+use crate::runnable::Runnable;
 
 pub struct Queue<T> {
     inner: Mutex<Inner<T>>,
@@ -21,6 +25,10 @@ pub struct Queue<T> {
     /// `spare` (asked by every worker after every kept-alive response) takes no lock.
     queued: AtomicUsize,
     sleeping: AtomicUsize,
+    /// Workers running now: out of `pop_timeout` and not in a blocking call (`runnable.rs`).
+    running: AtomicIsize,
+    /// A push wakes a sleeping worker only while fewer than this many run.
+    run_cap: isize,
 }
 
 struct Inner<T> {
@@ -43,7 +51,14 @@ thread_local! {
 }
 
 impl<T> Queue<T> {
+    /// A queue whose pushes always wake a sleeping worker.
+    #[cfg(test)]
     pub fn new(capacity: usize) -> Self {
+        Self::with_run_cap(capacity, usize::MAX)
+    }
+
+    /// A queue whose pushes wake a sleeping worker only while fewer than `run_cap` workers run.
+    pub fn with_run_cap(capacity: usize, run_cap: usize) -> Self {
         Queue {
             inner: Mutex::new(Inner {
                 items: VecDeque::with_capacity(capacity.min(4096)),
@@ -52,12 +67,49 @@ impl<T> Queue<T> {
             capacity,
             queued: AtomicUsize::new(0),
             sleeping: AtomicUsize::new(0),
+            running: AtomicIsize::new(0),
+            run_cap: isize::try_from(run_cap).unwrap_or(isize::MAX),
+        }
+    }
+
+    /// A worker thread starts: it runs until its first `pop_timeout`.
+    pub fn worker_started(&self) {
+        self.running.fetch_add(1, SeqCst);
+    }
+
+    /// Takes the most recently idle worker off the stack, if any, for the caller to unpark
+    /// once the lock is released.
+    fn take_sleeper(inner: &mut Inner<T>) -> Option<Arc<Sleeper>> {
+        let sleeper = inner.idle.pop();
+        if let Some(s) = &sleeper {
+            s.woken.store(true, Relaxed);
+        }
+        sleeper
+    }
+
+    /// Wakes a sleeping worker if requests wait: for a worker that goes to block, and for the
+    /// front end's periodic check (which catches a request left waiting behind a worker that
+    /// blocked somewhere unmarked).
+    pub fn nudge(&self) {
+        if self.queued.load(SeqCst) == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        let sleeper = if inner.items.is_empty() {
+            None
+        } else {
+            Self::take_sleeper(&mut inner)
+        };
+        self.mirror(&inner);
+        drop(inner);
+        if let Some(s) = sleeper {
+            s.thread.unpark();
         }
     }
 
     /// Updates the mirrors after a change under the lock.
     fn mirror(&self, inner: &Inner<T>) {
-        self.queued.store(inner.items.len(), Relaxed);
+        self.queued.store(inner.items.len(), SeqCst);
         self.sleeping.store(inner.idle.len(), Relaxed);
     }
 
@@ -66,17 +118,22 @@ impl<T> Queue<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds `item` and wakes the most recently idle worker, or gives it back if the queue is full.
+    /// Adds `item` and, unless enough workers run to take it soon, wakes the most recently idle
+    /// worker; gives it back if the queue is full.
     pub fn try_push(&self, item: T) -> Result<(), T> {
         let mut inner = self.lock();
         if inner.items.len() >= self.capacity {
             return Err(item);
         }
         inner.items.push_back(item);
-        let sleeper = inner.idle.pop();
-        if let Some(s) = &sleeper {
-            s.woken.store(true, Relaxed);
-        }
+        // Stored before `running` is read; a worker about to block lowers `running` before it
+        // reads `queued`: one of the two sees the other and wakes a sleeper.
+        self.queued.store(inner.items.len(), SeqCst);
+        let sleeper = if self.running.load(SeqCst) < self.run_cap {
+            Self::take_sleeper(&mut inner)
+        } else {
+            None
+        };
         self.mirror(&inner);
         drop(inner);
         if let Some(s) = sleeper {
@@ -87,6 +144,13 @@ impl<T> Queue<T> {
 
     /// The oldest item, waiting at most `timeout` for one.
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
+        self.running.fetch_sub(1, SeqCst);
+        let item = self.pop_waiting(timeout);
+        self.running.fetch_add(1, SeqCst);
+        item
+    }
+
+    fn pop_waiting(&self, timeout: Duration) -> Option<T> {
         let deadline = Instant::now() + timeout;
         let me = ME.with(Arc::clone);
         let mut stacked = false;
@@ -125,6 +189,20 @@ impl<T> Queue<T> {
 
     pub fn len(&self) -> usize {
         self.lock().items.len()
+    }
+}
+
+impl<T: Send> Runnable for Queue<T> {
+    /// This worker goes to block: if requests wait and too few workers run, another wakes.
+    fn blocks(&self) {
+        let running = self.running.fetch_sub(1, SeqCst) - 1;
+        if running < self.run_cap && self.queued.load(SeqCst) > 0 {
+            self.nudge();
+        }
+    }
+
+    fn resumes(&self) {
+        self.running.fetch_add(1, SeqCst);
     }
 }
 
@@ -174,6 +252,58 @@ mod tests {
         assert!(!q.spare(), "the sleeper took the item: none sleeps");
         q.try_push(2).unwrap();
         assert!(!q.spare(), "an item waits");
+    }
+
+    /// Spawns a worker that sleeps in the queue until woken; returns once it sleeps.
+    fn sleeper(q: &Arc<Queue<u32>>) -> std::thread::JoinHandle<Option<u32>> {
+        let q2 = q.clone();
+        let before = q.sleeping.load(SeqCst);
+        let h = std::thread::spawn(move || {
+            q2.worker_started();
+            q2.pop_timeout(Duration::from_secs(10))
+        });
+        while q.sleeping.load(SeqCst) == before {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        h
+    }
+
+    #[test]
+    fn a_push_wakes_a_sleeper_only_while_few_workers_run() {
+        let q = Arc::new(Queue::with_run_cap(8, 1));
+        let s = sleeper(&q);
+        q.worker_started(); // this thread: one worker running, at the cap
+        q.try_push(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            q.sleeping.load(SeqCst),
+            1,
+            "not woken: a running worker will take it"
+        );
+        // The running worker goes to block with the request still waiting: the sleeper wakes.
+        Runnable::blocks(&*q);
+        assert_eq!(s.join().unwrap(), Some(1));
+        Runnable::resumes(&*q);
+        // Nobody running (both threads above are done): a push wakes at once.
+        q.running.store(0, SeqCst);
+        let s = sleeper(&q);
+        let t = Instant::now();
+        q.try_push(2).unwrap();
+        assert_eq!(s.join().unwrap(), Some(2));
+        assert!(t.elapsed() < Duration::from_secs(5), "woken, not timed out");
+    }
+
+    #[test]
+    fn the_front_ends_nudge_wakes_a_sleeper_for_a_waiting_request() {
+        let q = Arc::new(Queue::with_run_cap(8, 1));
+        let s = sleeper(&q);
+        q.worker_started(); // a worker that blocks somewhere unmarked
+        q.try_push(3).unwrap();
+        let t = Instant::now();
+        q.nudge();
+        assert_eq!(s.join().unwrap(), Some(3));
+        assert!(t.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        q.nudge(); // nothing waits: no-op
     }
 
     #[test]

@@ -52,7 +52,15 @@ pub fn spawn(pool: &Pool) -> Vec<JoinHandle<()>> {
         .collect()
 }
 
+/// How many workers should run at once for the queue to wake no more (`runnable.rs`): two per
+/// core keeps every core busy while one worker is between system calls.
+pub fn run_cap() -> usize {
+    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn run(pool: &Pool) {
+    pool.queue.worker_started();
+    crate::runnable::register(pool.queue.clone());
     let mut scratch = vec![0u8; COPY_BUFFER];
     drain(&pool.shared, &pool.queue, |job| {
         handle(pool, job, &mut scratch)

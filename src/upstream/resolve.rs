@@ -88,7 +88,9 @@ impl Resolver for CachedResolver {
         let plan = self.cache.lock().plan(&key, Instant::now());
         match plan {
             Plan::Use(addrs) => Ok(addrs),
-            Plan::LookUp { known } => match self.inner.resolve(uri, config, timeout) {
+            Plan::LookUp { known } => match crate::runnable::blocking(|| {
+                self.inner.resolve(uri, config, timeout)
+            }) {
                 Ok(addrs) => {
                     self.cache.lock().looked_up(&key, &addrs, Instant::now());
                     Ok(addrs)

@@ -42,10 +42,10 @@ impl Connector<()> for UpstreamTcp {
         let timeout = details.timeout.not_zero().map(|t| *t);
         let mut last = None;
         for addr in details.addrs.iter() {
-            let connected = match timeout {
+            let connected = crate::runnable::blocking(|| match timeout {
                 Some(t) => TcpStream::connect_timeout(addr, t),
                 None => TcpStream::connect(addr),
-            };
+            });
             match connected {
                 Ok(stream) => {
                     if details.config.no_delay() {
@@ -162,8 +162,7 @@ impl Transport for TcpConn {
         let sock = &self.stream.0;
         keep_close(&mut self.write_timeout, want, |t| sock.set_write_timeout(t))?;
         let output = &self.buffers.output()[..amount];
-        (&self.stream.0)
-            .write_all(output)
+        crate::runnable::blocking(|| (&self.stream.0).write_all(output))
             .map_err(|e| timed_out(e, timeout.reason))
     }
 
@@ -178,7 +177,7 @@ impl Transport for TcpConn {
         keep_close(&mut self.read_timeout, want, |t| sock.set_read_timeout(t))?;
         let input = self.buffers.input_append_buf();
         let n = loop {
-            match (&self.stream.0).read(input) {
+            match crate::runnable::blocking(|| (&self.stream.0).read(input)) {
                 // Linux does not restart a socket read with a timeout after a signal.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r.map_err(|e| timed_out(e, timeout.reason))?,
