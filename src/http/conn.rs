@@ -300,13 +300,8 @@ impl ClientConn {
             } else {
                 left
             };
-            if rb.end == rb.buf.len() {
-                let grown =
-                    (rb.buf.len() * 2).clamp(INITIAL_BUFFER, d.max_head_bytes + INITIAL_BUFFER);
-                if grown <= rb.buf.len() {
-                    return Err(ReadHeadError::Invalid(HeadError::TooLarge));
-                }
-                rb.buf.resize(grown, 0);
+            if !rb.room_for_head(d.max_head_bytes) {
+                return Err(ReadHeadError::Invalid(HeadError::TooLarge));
             }
             set_timeout(&self.stream, &mut self.read_timeout, wait);
             match (&self.stream).read(&mut rb.buf[rb.end..]) {
@@ -340,13 +335,8 @@ impl ClientConn {
                 Ok(None) => {}
                 Err(e) => return HeadPoll::Invalid(e),
             }
-            if rb.end == rb.buf.len() {
-                let grown =
-                    (rb.buf.len() * 2).clamp(INITIAL_BUFFER, max_head_bytes + INITIAL_BUFFER);
-                if grown <= rb.buf.len() {
-                    return HeadPoll::Invalid(HeadError::TooLarge);
-                }
-                rb.buf.resize(grown, 0);
+            if !rb.room_for_head(max_head_bytes) {
+                return HeadPoll::Invalid(HeadError::TooLarge);
             }
             match recv_now(&self.stream, &mut rb.buf[rb.end..]) {
                 Ok(0) => return HeadPoll::Closed,
@@ -385,14 +375,9 @@ impl ClientConn {
                 rb.scanned = 0;
                 return HeadPoll::Pending;
             }
-            if rb.end == rb.buf.len() {
-                let grown =
-                    (rb.buf.len() * 2).clamp(INITIAL_BUFFER, max_head_bytes + INITIAL_BUFFER);
-                if grown <= rb.buf.len() {
-                    rb.scanned = 0;
-                    return HeadPoll::Invalid(HeadError::TooLarge);
-                }
-                rb.buf.resize(grown, 0);
+            if !rb.room_for_head(max_head_bytes) {
+                rb.scanned = 0;
+                return HeadPoll::Invalid(HeadError::TooLarge);
             }
             // The same value every time: set once per connection, not per request (a syscall).
             set_timeout(&self.stream, &mut self.read_timeout, wait);
@@ -532,6 +517,20 @@ impl ReadBuf {
             }
             None => Ok(None),
         }
+    }
+
+    /// Makes room to read more of a head: doubles a full buffer, up to `max_head` and a bit.
+    /// False if a head this long is over the limit.
+    fn room_for_head(&mut self, max_head: usize) -> bool {
+        if self.end < self.buf.len() {
+            return true;
+        }
+        let grown = (self.buf.len() * 2).clamp(INITIAL_BUFFER, max_head + INITIAL_BUFFER);
+        if grown <= self.buf.len() {
+            return false;
+        }
+        self.buf.resize(grown, 0);
+        true
     }
 
     /// Moves buffered bytes to the front; frees a large buffer once it is empty, so that idle

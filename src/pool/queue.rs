@@ -35,6 +35,9 @@ struct Inner<T> {
     items: VecDeque<T>,
     /// Sleeping workers, the most recent last.
     idle: Vec<Arc<Sleeper>>,
+    /// Workers woken and not yet back at the queue: each will take an item, so a wake-up is
+    /// needed only for items beyond them.
+    waking: usize,
 }
 
 struct Sleeper {
@@ -63,6 +66,7 @@ impl<T> Queue<T> {
             inner: Mutex::new(Inner {
                 items: VecDeque::with_capacity(capacity.min(4096)),
                 idle: Vec::new(),
+                waking: 0,
             }),
             capacity,
             queued: AtomicUsize::new(0),
@@ -80,9 +84,13 @@ impl<T> Queue<T> {
     /// Takes the most recently idle worker off the stack, if any, for the caller to unpark
     /// once the lock is released.
     fn take_sleeper(inner: &mut Inner<T>) -> Option<Arc<Sleeper>> {
+        if inner.items.len() <= inner.waking {
+            return None; // the workers already woken take them
+        }
         let sleeper = inner.idle.pop();
         if let Some(s) = &sleeper {
             s.woken.store(true, Relaxed);
+            inner.waking += 1;
         }
         sleeper
     }
@@ -95,11 +103,7 @@ impl<T> Queue<T> {
             return;
         }
         let mut inner = self.lock();
-        let sleeper = if inner.items.is_empty() {
-            None
-        } else {
-            Self::take_sleeper(&mut inner)
-        };
+        let sleeper = Self::take_sleeper(&mut inner);
         self.mirror(&inner);
         drop(inner);
         if let Some(s) = sleeper {
@@ -158,6 +162,7 @@ impl<T> Queue<T> {
         loop {
             if stacked && me.woken.load(Relaxed) {
                 stacked = false; // the push that woke us took us off the stack
+                inner.waking = inner.waking.saturating_sub(1);
             }
             let item = inner.items.pop_front();
             let now = Instant::now();

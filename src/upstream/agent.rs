@@ -56,10 +56,9 @@ impl Upstream {
     }
 }
 
-/// ureq's read buffer per upstream connection: it must hold a whole response head, so it is
-/// also the largest response head sluice accepts (nginx's default is 4–8 KiB). Per connection,
-/// in flight and idle in the pool: 2,000 in-flight requests cost ~130 MiB less than with
-/// ureq's 64 KiB (docs/PERFORMANCE.md).
+/// The largest response head sluice accepts (ureq's `max_response_header_size`; nginx's default
+/// is 4–8 KiB); a longer one is a 502. The read buffer itself starts at 2 KiB and grows only
+/// when filled (`buffers.rs`).
 pub const INPUT_BUFFER: usize = 16 * 1024;
 /// ureq's write buffer per upstream connection: it must hold the longest request line or header
 /// line (a request with a longer one is refused as the client's error, 431/414, before anything

@@ -1,9 +1,10 @@
 //! The read and write buffers of one upstream connection, sized to what a proxy needs and held
 //! only while used. ureq's own (`LazyBuffers`) allocate the whole input and output size on first
 //! use and keep both for the connection's life, idle in the pool included. Here:
-//! - the input buffer starts at `INPUT_START` (a usual response head) and doubles, up to the
-//!   configured size (the largest response head accepted), when a read fills it — a long head,
-//!   or a body arriving faster than it is taken, which then moves in larger reads;
+//! - the input buffer starts at `INPUT_START` (a usual response head) and doubles, up to
+//!   `INPUT_MAX`, when a read fills it — a long head (ureq refuses one over its
+//!   `max_response_header_size`, `agent.rs`), or a body arriving faster than it is taken, which
+//!   then moves in reads of up to 64 KiB;
 //! - the output buffer (which must hold the longest request line or header line) exists only
 //!   while a request is written: it is freed when the connection waits for the response;
 //! - both are freed when the connection goes back to the pool (`release`).
@@ -15,6 +16,9 @@ use ureq::unversioned::transport::Buffers;
 
 /// The input buffer's first size.
 pub const INPUT_START: usize = 2 * 1024;
+/// The input buffer's largest size: a large body is read 64 KiB at a time (as ureq's own
+/// buffer grows to; 16 KiB reads cost a third more syscalls on 1 MiB responses).
+pub const INPUT_MAX: usize = 64 * 1024;
 /// ureq reads a request body into the input buffer's free part before writing it out: at least
 /// this much room is made (ureq's own minimum).
 const MIN_TMP: usize = 10 * 1024;

@@ -24,7 +24,7 @@ use ureq::unversioned::transport::{
 };
 use ureq::{Error, Timeout};
 
-use super::buffers::SlimBuffers;
+use super::buffers::{SlimBuffers, INPUT_MAX};
 use super::cancel::{attach_current, Attached};
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
@@ -51,10 +51,7 @@ impl Connector<()> for UpstreamTcp {
                     if details.config.no_delay() {
                         stream.set_nodelay(true)?;
                     }
-                    let buffers = SlimBuffers::new(
-                        details.config.input_buffer_size(),
-                        details.config.output_buffer_size(),
-                    );
+                    let buffers = SlimBuffers::new(INPUT_MAX, details.config.output_buffer_size());
                     let stream = Arc::new(Sock(stream));
                     let conn = TcpConn {
                         handle: stream.clone(),
