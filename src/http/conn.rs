@@ -303,23 +303,12 @@ impl ClientConn {
             if !rb.room_for_head(d.max_head_bytes) {
                 return Err(ReadHeadError::Invalid(HeadError::TooLarge));
             }
-            set_timeout(&self.stream, &mut self.read_timeout, wait);
-            match (&self.stream).read(&mut rb.buf[rb.end..]) {
-                Ok(0) => return Err(ReadHeadError::Closed),
-                Ok(n) => {
-                    rb.end += n;
+            match self.read_blocking(wait) {
+                Got::Bytes => {
                     head_started.get_or_insert_with(Instant::now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(timed_out(head_started.is_some()));
-                }
-                Err(_) => return Err(ReadHeadError::Closed),
+                Got::Timeout => return Err(timed_out(head_started.is_some())),
+                Got::Closed => return Err(ReadHeadError::Closed),
             }
         }
     }
@@ -380,10 +369,28 @@ impl ClientConn {
                 return HeadPoll::Invalid(HeadError::TooLarge);
             }
             // The same value every time: set once per connection, not per request (a syscall).
-            set_timeout(&self.stream, &mut self.read_timeout, wait);
+            match self.read_blocking(wait) {
+                Got::Bytes => {}
+                Got::Timeout => {
+                    self.rb.scanned = 0;
+                    return HeadPoll::Pending;
+                }
+                Got::Closed => return HeadPoll::Closed,
+            }
+        }
+    }
+
+    /// One blocking read into the buffer, waiting at most `wait`.
+    fn read_blocking(&mut self, wait: Duration) -> Got {
+        set_timeout(&self.stream, &mut self.read_timeout, wait);
+        let rb = &mut self.rb;
+        loop {
             match (&self.stream).read(&mut rb.buf[rb.end..]) {
-                Ok(0) => return HeadPoll::Closed,
-                Ok(n) => rb.end += n,
+                Ok(0) => return Got::Closed,
+                Ok(n) => {
+                    rb.end += n;
+                    return Got::Bytes;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
@@ -391,10 +398,9 @@ impl ClientConn {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    rb.scanned = 0;
-                    return HeadPoll::Pending;
+                    return Got::Timeout
                 }
-                Err(_) => return HeadPoll::Closed,
+                Err(_) => return Got::Closed,
             }
         }
     }
@@ -414,6 +420,13 @@ impl ClientConn {
     pub fn prepare_body_reads(&mut self) {
         set_timeout(&self.stream, &mut self.read_timeout, self.io_timeout);
     }
+}
+
+/// What one blocking read brought.
+enum Got {
+    Bytes,
+    Timeout,
+    Closed,
 }
 
 /// How much of a request body the buffer holds.
