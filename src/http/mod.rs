@@ -1,5 +1,5 @@
 //! sluice's own client-facing HTTP/1.1 wire format (README "Why not tiny_http" says why it is
-//! ours): request heads (`parse`), bodies (`body`), the buffered connection (`conn`) with the
+//! ours): request heads (`parse`), bodies (`body`), the buffered connection (`conn`, its read buffer `readbuf`) with the
 //! minimum rate a client must keep (`pace`), and response bytes (`write`). It imports nothing
 //! else of sluice. Exported for the tooling crate, which speaks HTTP with the same parser.
 
@@ -7,4 +7,5 @@ pub mod body;
 pub mod conn;
 pub mod pace;
 pub mod parse;
+mod readbuf;
 pub mod write;

@@ -33,12 +33,17 @@ impl fmt::Debug for CachedResolver {
     }
 }
 
-/// The addresses last looked up, for which target, and until when they are used as they are.
+/// The addresses last looked up, for which target (scheme, authority), and until when they are
+/// used as they are.
 #[derive(Default)]
 struct Cache {
-    entry: Option<(String, ResolvedSocketAddrs)>,
+    entry: Option<(String, String, ResolvedSocketAddrs)>,
     use_until: Option<Instant>,
 }
+
+/// A target as a request names it: compared with the cached one without allocating.
+#[derive(Clone, Copy)]
+struct Key<'a>(&'a str, &'a str);
 
 /// What a request does about the target's addresses.
 enum Plan {
@@ -52,9 +57,9 @@ enum Plan {
 impl Cache {
     /// One request's decision at `now`. The first request to find the addresses due for a
     /// look-up does it; the others meanwhile use the known ones (for up to `RETRY`).
-    fn plan(&mut self, key: &str, now: Instant) -> Plan {
+    fn plan(&mut self, key: Key<'_>, now: Instant) -> Plan {
         let known = match &self.entry {
-            Some((k, addrs)) if k == key => Some(addrs.clone()),
+            Some((s, a, addrs)) if s == key.0 && a == key.1 => Some(addrs.clone()),
             _ => None,
         };
         match known {
@@ -68,8 +73,8 @@ impl Cache {
         }
     }
 
-    fn looked_up(&mut self, key: &str, addrs: &ResolvedSocketAddrs, now: Instant) {
-        self.entry = Some((key.to_string(), addrs.clone()));
+    fn looked_up(&mut self, key: Key<'_>, addrs: &ResolvedSocketAddrs, now: Instant) {
+        self.entry = Some((key.0.to_string(), key.1.to_string(), addrs.clone()));
         self.use_until = Some(now + FRESH);
     }
 }
@@ -81,27 +86,29 @@ impl Resolver for CachedResolver {
         config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, Error> {
-        let key = match (uri.scheme_str(), uri.authority()) {
-            (Some(s), Some(a)) => format!("{s}://{a}"),
-            _ => return self.inner.resolve(uri, config, timeout),
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return self.inner.resolve(uri, config, timeout);
         };
-        let plan = self.cache.lock().plan(&key, Instant::now());
+        let key = Key(scheme, authority.as_str());
+        let plan = self.cache.lock().plan(key, Instant::now());
         match plan {
             Plan::Use(addrs) => Ok(addrs),
-            Plan::LookUp { known } => match crate::runnable::blocking(|| {
-                self.inner.resolve(uri, config, timeout)
-            }) {
-                Ok(addrs) => {
-                    self.cache.lock().looked_up(&key, &addrs, Instant::now());
-                    Ok(addrs)
-                }
-                Err(e) => {
-                    if known.is_some() {
-                        crate::warn!("looking up {key} failed ({e}); using the addresses known");
+            Plan::LookUp { known } => {
+                match crate::runnable::blocking(|| self.inner.resolve(uri, config, timeout)) {
+                    Ok(addrs) => {
+                        self.cache.lock().looked_up(key, &addrs, Instant::now());
+                        Ok(addrs)
                     }
-                    known.ok_or(e)
+                    Err(e) => {
+                        if known.is_some() {
+                            crate::warn!(
+                                "looking up {authority} failed ({e}); using the addresses known"
+                            );
+                        }
+                        known.ok_or(e)
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -110,6 +117,9 @@ impl Resolver for CachedResolver {
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+
+    const A: Key<'static> = Key("http", "a:1");
+    const B: Key<'static> = Key("http", "b:1");
 
     fn addrs(port: u16) -> ResolvedSocketAddrs {
         let mut a = DefaultResolver::default().empty();
@@ -128,37 +138,28 @@ mod tests {
     fn addresses_are_looked_up_once_per_fresh_period_by_one_request() {
         let t = Instant::now();
         let mut c = Cache::default();
-        assert!(matches!(
-            c.plan("http://a:1", t),
-            Plan::LookUp { known: None }
-        ));
-        c.looked_up("http://a:1", &addrs(1), t);
-        assert_eq!(port(c.plan("http://a:1", t + FRESH / 2)), Some(1));
+        assert!(matches!(c.plan(A, t), Plan::LookUp { known: None }));
+        c.looked_up(A, &addrs(1), t);
+        assert_eq!(port(c.plan(A, t + FRESH / 2)), Some(1));
         // Due: the first request looks up; the others use the known ones meanwhile.
         let due = t + FRESH;
-        assert!(matches!(
-            c.plan("http://a:1", due),
-            Plan::LookUp { known: Some(_) }
-        ));
-        assert_eq!(port(c.plan("http://a:1", due)), Some(1));
-        assert_eq!(port(c.plan("http://a:1", due + RETRY / 2)), Some(1));
+        assert!(matches!(c.plan(A, due), Plan::LookUp { known: Some(_) }));
+        assert_eq!(port(c.plan(A, due)), Some(1));
+        assert_eq!(port(c.plan(A, due + RETRY / 2)), Some(1));
         // That look-up failed: the next try comes after RETRY.
         assert!(matches!(
-            c.plan("http://a:1", due + RETRY),
+            c.plan(A, due + RETRY),
             Plan::LookUp { known: Some(_) }
         ));
-        c.looked_up("http://a:1", &addrs(2), due + RETRY);
-        assert_eq!(port(c.plan("http://a:1", due + RETRY)), Some(2));
+        c.looked_up(A, &addrs(2), due + RETRY);
+        assert_eq!(port(c.plan(A, due + RETRY)), Some(2));
     }
 
     #[test]
     fn another_target_is_looked_up_afresh() {
         let t = Instant::now();
         let mut c = Cache::default();
-        c.looked_up("http://a:1", &addrs(1), t);
-        assert!(matches!(
-            c.plan("http://b:1", t),
-            Plan::LookUp { known: None }
-        ));
+        c.looked_up(A, &addrs(1), t);
+        assert!(matches!(c.plan(B, t), Plan::LookUp { known: None }));
     }
 }
