@@ -163,10 +163,6 @@ fn a_large_head_in_small_pieces_is_read_in_linear_time() {
     );
 }
 
-fn active(addr: std::net::SocketAddr) -> u64 {
-    metrics(addr)["active_requests"].as_u64().unwrap()
-}
-
 /// A client that hangs up while its request waits on a slow upstream frees its worker at once:
 /// the upstream sees its connection closed, the request counts as a client abort (not an
 /// upstream failure), and it is not retried.

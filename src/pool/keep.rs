@@ -9,7 +9,8 @@
 //! that sluice can send, whose body (if any) is already here, while sluice is not draining, the
 //! breaker is not refusing and the admission limit has room; anything else (an admin path, a
 //! body still to come, `Expect: 100-continue`, a malformed head, a head not whole in time) goes
-//! back to the front end unread. A client can hold a worker here for at most twice `KEEP`.
+//! back to the front end unread. A client can hold a worker here for at most twice `KEEP` (each
+//! read's wait rounded up to the kernel's timer tick, as socket timeouts are).
 
 use std::time::{Duration, Instant};
 

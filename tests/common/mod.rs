@@ -291,6 +291,11 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Requests a worker holds now (`active_requests`).
+pub fn active(addr: SocketAddr) -> u64 {
+    metrics(addr)["active_requests"].as_u64().unwrap()
+}
+
 /// The `/proxy-metrics` JSON's `metrics` object.
 pub fn metrics(addr: SocketAddr) -> serde_json::Value {
     get(addr, "/proxy-metrics").json()["metrics"].clone()
