@@ -40,7 +40,10 @@ fn soft_open_file_limit_is_raised_to_the_hard_one() {
     assert_eq!(nofile(p.pid()), (4096, 4096), "{}", p.stderr.lock());
     assert!(get(p.addr, "/x?body_bytes=3").status == 200);
     let log = p.stderr.lock().clone();
-    assert!(log.contains("raised from 256 to the hard limit 4096"), "{log}");
+    assert!(
+        log.contains("raised from 256 to the hard limit 4096"),
+        "{log}"
+    );
     assert!(!log.contains("open-file limit 4096 <"), "{log}");
 }
 
@@ -92,8 +95,12 @@ fn health(p: &Proc, namespaced: bool) -> serde_json::Value {
 #[test]
 fn an_unresolvable_target_is_a_warning_at_start_and_in_health() {
     let (mut cmd, namespaced) = isolated(&sluice_bin());
-    cmd.args(["--host", "127.0.0.1", "--port", "0"])
-        .args(["--target-host", "sluice-test.invalid", "--target-port", "80"]);
+    cmd.args(["--host", "127.0.0.1", "--port", "0"]).args([
+        "--target-host",
+        "sluice-test.invalid",
+        "--target-port",
+        "80",
+    ]);
     let p = Proc::start_with(&mut cmd);
     let mut last = serde_json::Value::Null;
     let seen = eventually(Duration::from_secs(15), || {
