@@ -123,9 +123,10 @@ pub fn forward(
     drop(body);
     verdict.report(match &ended {
         Attempts::Response(r) => Outcome::Upstream(r.status().as_u16()).verdict(),
-        Attempts::Failed(f, _) => Outcome::Sluice(f.reason()).verdict(),
+        Attempts::Failed(f, _) => f.verdict(),
         Attempts::ClientBody | Attempts::ClientGone => Verdict::Neutral,
     });
+    let relayed = matches!(ended, Attempts::Response(_));
     let mut fin = match ended {
         Attempts::Response(resp) => {
             let mut fin = relay(x, conn, resp, body_done, scratch);
@@ -145,7 +146,9 @@ pub fn forward(
             answer::write(conn, a, Outcome::Sluice(f.reason()))
         }
     };
-    verdict.report(fin.outcome.verdict()); // a body broken off after the head: one more failure
+    if relayed {
+        verdict.report(fin.outcome.verdict()); // a body broken off after the head: one more failure
+    }
     fin.attempts = attempts;
     fin.bytes_in = bytes_in;
     fin.upstream_time = upstream_time;
