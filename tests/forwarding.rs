@@ -219,7 +219,11 @@ fn forwarded_for_via_and_request_id_are_added() {
         got.header("x-forwarded-for").as_deref(),
         Some("203.0.113.7, 127.0.0.1")
     );
-    assert_eq!(got.header("via").as_deref(), Some("1.0 edge, 1.1 sluice"));
+    assert_eq!(
+        got.header("via").as_deref(),
+        Some("1.0 edge"),
+        "sluice adds no Via to requests unless request_via"
+    );
     assert_eq!(got.header("x-request-id").as_deref(), Some("req-42"));
     assert_eq!(
         got.header("host").as_deref(),
@@ -243,7 +247,32 @@ fn nothing_is_injected_into_the_upstream_request() {
         .iter()
         .map(|(n, _)| n.to_ascii_lowercase())
         .collect();
-    assert_eq!(names, ["host", "x-forwarded-for", "via", "x-request-id"]);
+    assert_eq!(names, ["host", "x-forwarded-for", "x-request-id"]);
+}
+
+#[test]
+fn request_via_adds_sluices_via_entry_and_a_reload_turns_it_off() {
+    let up = upstream();
+    let cfg = config(up.port(), |c| c.request_via = true);
+    let s = sluice::start(cfg.clone()).expect("start sluice");
+    send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\nVia: 1.0 edge\r\n\r\n");
+    send(s.addr(), b"GET / HTTP/1.0\r\n\r\n");
+    s.reload(sluice::config::Config {
+        request_via: false,
+        ..cfg
+    });
+    send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let via: Vec<Option<String>> = up.received().iter().map(|r| r.header("via")).collect();
+    assert_eq!(
+        via,
+        [
+            Some("1.1 sluice".to_string()),
+            Some("1.0 edge, 1.1 sluice".to_string()),
+            Some("1.0 sluice".to_string()),
+            None
+        ]
+    );
 }
 
 #[test]
@@ -313,10 +342,7 @@ fn http10_clients_get_http10_framing() {
             .text(),
         "ok"
     );
-    assert_eq!(
-        up.received()[0].header("via").as_deref(),
-        Some("1.0 sluice")
-    );
+    assert_eq!(up.received()[0].header("via"), None, "no request_via");
 }
 
 #[test]

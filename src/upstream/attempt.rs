@@ -78,7 +78,8 @@ pub fn forward(
     verdict: &mut VerdictReport<'_>,
 ) -> Finished {
     let (head, rid) = (x.head, x.request_id);
-    let template = match request::build(&x.upstream.base, head, conn.peer.ip(), rid) {
+    let who = (conn.peer.ip(), rid);
+    let template = match request::build(&x.upstream.base, head, who, x.cfg.request_via) {
         Ok(t) => t,
         Err(reason) => return answer::send(conn, head, reason, rid, None, false),
     };
