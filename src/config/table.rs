@@ -75,7 +75,8 @@ macro_rules! settings {
         #[derive(FromArgs, Debug, Default)]
         #[argh(
             description = "sluice: a small, fast, dependable HTTP reverse proxy for one upstream.
-Every setting is also a key of the --config JSON file (flag name with _ for -); flags override the file."
+Every setting is also a key of the --config JSON file (flag name with _ for -); flags override the file.
+--flag=value works for every flag; a true-or-false flag given alone means true (--access-log)."
         )]
         pub struct Flags {
             /// JSON config file (e.g. proxy_config.json)
@@ -127,12 +128,6 @@ trait FlagText {
 impl FlagText for Option<String> {
     fn text(&self) -> Option<String> {
         self.clone()
-    }
-}
-
-impl FlagText for Option<bool> {
-    fn text(&self) -> Option<String> {
-        self.map(|b| b.to_string())
     }
 }
 
@@ -198,6 +193,6 @@ settings! {
     shutdown_grace: Duration = Duration::from_secs(30), SECS_OR_ZERO, reload, option(String);
     /// error, warn, info or debug (default info)
     log_level: LogLevel = LogLevel::Info, Choice, reload, option(String);
-    /// one JSON line per proxied request on stdout
-    access_log: bool = false, Bool, reload, switch(bool);
+    /// one JSON line per proxied request on stdout: true or false (default false)
+    access_log: bool = false, Bool, reload, option(String);
 }
