@@ -256,7 +256,10 @@ fn request_via_adds_sluices_via_entry_and_a_reload_turns_it_off() {
     let cfg = config(up.port(), |c| c.request_via = true);
     let s = sluice::start(cfg.clone()).expect("start sluice");
     send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-    send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\nVia: 1.0 edge\r\n\r\n");
+    send(
+        s.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nVia: 1.0 edge\r\n\r\n",
+    );
     send(s.addr(), b"GET / HTTP/1.0\r\n\r\n");
     s.reload(sluice::config::Config {
         request_via: false,
@@ -357,11 +360,19 @@ fn http10_clients_get_an_http11_status_line_with_http10_framing() {
     for (raw, status) in [
         (&b"GET /proxy-health HTTP/1.0\r\n\r\n"[..], 200),
         (b"GET /?close=1 HTTP/1.0\r\n\r\n", 502),
-        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
     ] {
         let mut c = Conn::open(s.addr());
         let r = c.request(raw, false);
-        assert_eq!((r.version, r.status), (1, status), "{}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            (r.version, r.status),
+            (1, status),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
         assert!(r.header("content-length").is_some() && r.header("transfer-encoding").is_none());
         assert!(c.closed_within(std::time::Duration::from_secs(2)));
     }

@@ -55,7 +55,8 @@ fn scripted_mix() -> (sluice::Running, sluice_tools::upstream::TestUpstream) {
 
 /// The keys of README's `metrics` table, in its order (`avg/min/…_response_time` expanded).
 fn readme_metrics_keys() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let table = readme
         .split("`metrics` keys")
         .nth(1)
@@ -106,7 +107,10 @@ fn proxy_metrics_reads_like_the_python_services_in_readmes_order() {
         .map(String::from)
         .to_vec();
     let at = positions(&text, &top);
-    assert!(at.windows(2).all(|w| w[0] < w[1]), "top-level order: {text}");
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "top-level order: {text}"
+    );
     assert!(text.starts_with("{\"status\":"), "{text}");
     // The metrics block, up to its last key (`outcomes`), holds README's keys in README's order.
     let block = &text[at[3]..at[4]];
@@ -117,11 +121,20 @@ fn proxy_metrics_reads_like_the_python_services_in_readmes_order() {
     let scalars = &keys[..keys.len() - 1];
     let at = positions(before_outcomes, scalars);
     for (w, k) in at.windows(2).zip(scalars.windows(2)) {
-        assert!(w[0] < w[1], "{} comes before {} in README: {text}", k[0], k[1]);
+        assert!(
+            w[0] < w[1],
+            "{} comes before {} in README: {text}",
+            k[0],
+            k[1]
+        );
     }
     let v: Value = serde_json::from_str(&text).unwrap();
     let m = v["metrics"].as_object().unwrap();
-    assert_eq!(m.len(), keys.len(), "README lists every metrics key: {text}");
+    assert_eq!(
+        m.len(),
+        keys.len(),
+        "README lists every metrics key: {text}"
+    );
     // total_requests = successful + failed + client_aborted (README).
     assert_eq!(m["total_requests"], 2);
     assert_eq!(m["successful_requests"], 1);

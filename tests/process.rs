@@ -106,7 +106,11 @@ fn checked(args: &[&str]) -> (Option<i32>, String, String) {
     all.extend_from_slice(args);
     let out = sluice_cmd(&all);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.code(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        text,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The value `--check-config` printed for `key`, and its source.
@@ -135,7 +139,12 @@ fn python_command_lines_work_flag_equals_value_any_case_and_both_boolean_forms()
     assert_eq!(shown(&out, "queue_timeout"), "2.5 (flag)");
     assert_eq!(shown(&out, "log_level"), "\"info\" (flag)");
     // Python's level names in the file, in any case.
-    for (given, level) in [("INFO", "info"), ("Debug", "debug"), ("WARNING", "warn"), ("error", "error")] {
+    for (given, level) in [
+        ("INFO", "info"),
+        ("Debug", "debug"),
+        ("WARNING", "warn"),
+        ("error", "error"),
+    ] {
         let file = temp_file(
             &format!("level-{given}.json"),
             &format!(r#"{{"target_host":"127.0.0.1","log_level":"{given}"}}"#),

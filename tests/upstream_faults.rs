@@ -142,7 +142,13 @@ fn response_heads_up_to_64_kib_pass_and_a_longer_one_never_opens_the_breaker() {
         assert_eq!(r.text(), "ok");
     }
     // One byte over, and far over: a 502 saying why, as often as you like, breaker closed.
-    for n in [65_537 - HEAD_AROUND_BIG, 70_000, 200_000, 65_537 - HEAD_AROUND_BIG, 70_000] {
+    for n in [
+        65_537 - HEAD_AROUND_BIG,
+        70_000,
+        200_000,
+        65_537 - HEAD_AROUND_BIG,
+        70_000,
+    ] {
         let r = get(s.addr(), &format!("/?big_header={n}"));
         r.assert_sluice_error(502, "upstream_error");
         let message = r.json()["message"].as_str().unwrap_or_default().to_string();

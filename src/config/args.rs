@@ -97,7 +97,14 @@ mod tests {
     fn flag_equals_value_is_split_for_every_flag() {
         assert_eq!(
             n(&["--target-host=foo", "--port=0", "--config=a=b.json"]),
-            ["--target-host", "foo", "--port", "0", "--config", "a=b.json"]
+            [
+                "--target-host",
+                "foo",
+                "--port",
+                "0",
+                "--config",
+                "a=b.json"
+            ]
         );
         assert_eq!(n(&["--target-host", "x=y"]), ["--target-host", "x=y"]);
         assert_eq!(n(&["--", "--a=b"]), ["--", "--a=b"]);
@@ -111,7 +118,11 @@ mod tests {
             assert_eq!(n(&[flag, "false"]), [flag, "false"]);
             assert_eq!(n(&[flag, "True"]), [flag, "True"]);
             assert_eq!(n(&[&format!("{flag}=false")]), [flag, "false"]);
-            assert_eq!(n(&[&format!("{flag}=maybe")]), [flag, "maybe"], "argh/Bool refuse it");
+            assert_eq!(
+                n(&[&format!("{flag}=maybe")]),
+                [flag, "maybe"],
+                "argh/Bool refuse it"
+            );
         }
     }
 

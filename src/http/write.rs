@@ -191,7 +191,14 @@ mod tests {
     #[test]
     fn lower_cased_names_are_written_in_their_usual_spelling() {
         let mut out = Vec::new();
-        for name in ["content-type", "set-cookie", "x-request-id", "etag", "www-authenticate", "p3p"] {
+        for name in [
+            "content-type",
+            "set-cookie",
+            "x-request-id",
+            "etag",
+            "www-authenticate",
+            "p3p",
+        ] {
             header_canonical(&mut out, name, b"v");
         }
         assert_eq!(

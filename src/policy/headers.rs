@@ -182,7 +182,8 @@ mod tests {
 
     #[test]
     fn without_request_via_sluice_adds_none_and_the_clients_passes_as_it_came() {
-        let h = head("GET / HTTP/1.1\r\nHost: h\r\nVia: 1.0 edge\r\nX-A: 1\r\nVia: 1.1 cdn\r\n\r\n");
+        let h =
+            head("GET / HTTP/1.1\r\nHost: h\r\nVia: 1.0 edge\r\nX-A: 1\r\nVia: 1.1 cdn\r\n\r\n");
         let out = upstream_request_headers(&h, "127.0.0.1".parse().unwrap(), "rid", false);
         let vias: Vec<&[u8]> = out
             .iter()

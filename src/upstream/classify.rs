@@ -103,7 +103,11 @@ mod tests {
     fn a_head_over_the_limit_is_its_own_failure() {
         let e = ureq::Error::LargeResponseHeader(70_000, RESPONSE_HEAD_MAX);
         assert_eq!(classify(&e), AttemptFailure::HeadTooLarge);
-        assert!(cause(&e).starts_with("response head over 64 KiB"), "{}", cause(&e));
+        assert!(
+            cause(&e).starts_with("response head over 64 KiB"),
+            "{}",
+            cause(&e)
+        );
     }
 
     #[test]
