@@ -236,7 +236,7 @@ fn one_gib_streams_both_ways_in_bounded_memory() {
         c.r.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(String::from_utf8_lossy(&head).contains(&format!("content-length: {GIB}")));
+    assert!(String::from_utf8_lossy(&head).contains(&format!("Content-Length: {GIB}")));
     let mut buf = vec![0u8; 1 << 20];
     let mut received = 0u64;
     let mut first_ok = true;
