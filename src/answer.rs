@@ -157,7 +157,10 @@ mod tests {
             false,
         ))
         .unwrap();
-        assert!(text.starts_with("HTTP/1.0 504 Gateway Timeout\r\n"));
+        assert!(
+            text.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+            "1.1, also to 1.0"
+        );
         assert!(!text.contains("Retry-After"));
         assert!(text.contains("Connection: close\r\n"));
     }

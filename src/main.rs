@@ -16,7 +16,9 @@ use sluice::{error, info, warn};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let cmd = args.first().map_or("sluice", String::as_str);
-    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let words: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let words = config::normalize_args(&words);
+    let rest: Vec<&str> = words.iter().map(String::as_str).collect();
     let flags = match Flags::from_args(&[cmd], &rest) {
         Ok(f) => f,
         Err(early) => {

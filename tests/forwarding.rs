@@ -219,7 +219,11 @@ fn forwarded_for_via_and_request_id_are_added() {
         got.header("x-forwarded-for").as_deref(),
         Some("203.0.113.7, 127.0.0.1")
     );
-    assert_eq!(got.header("via").as_deref(), Some("1.0 edge, 1.1 sluice"));
+    assert_eq!(
+        got.header("via").as_deref(),
+        Some("1.0 edge"),
+        "sluice adds no Via to requests unless request_via"
+    );
     assert_eq!(got.header("x-request-id").as_deref(), Some("req-42"));
     assert_eq!(
         got.header("host").as_deref(),
@@ -243,7 +247,35 @@ fn nothing_is_injected_into_the_upstream_request() {
         .iter()
         .map(|(n, _)| n.to_ascii_lowercase())
         .collect();
-    assert_eq!(names, ["host", "x-forwarded-for", "via", "x-request-id"]);
+    assert_eq!(names, ["host", "x-forwarded-for", "x-request-id"]);
+}
+
+#[test]
+fn request_via_adds_sluices_via_entry_and_a_reload_turns_it_off() {
+    let up = upstream();
+    let cfg = config(up.port(), |c| c.request_via = true);
+    let s = sluice::start(cfg.clone()).expect("start sluice");
+    send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    send(
+        s.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nVia: 1.0 edge\r\n\r\n",
+    );
+    send(s.addr(), b"GET / HTTP/1.0\r\n\r\n");
+    s.reload(sluice::config::Config {
+        request_via: false,
+        ..cfg
+    });
+    send(s.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let via: Vec<Option<String>> = up.received().iter().map(|r| r.header("via")).collect();
+    assert_eq!(
+        via,
+        [
+            Some("1.1 sluice".to_string()),
+            Some("1.0 edge, 1.1 sluice".to_string()),
+            Some("1.0 sluice".to_string()),
+            None
+        ]
+    );
 }
 
 #[test]
@@ -294,29 +326,79 @@ fn connection_close_is_honoured() {
 }
 
 #[test]
-fn http10_clients_get_http10_framing() {
+fn http10_clients_get_an_http11_status_line_with_http10_framing() {
     let up = upstream();
     let s = sluice(up.port(), |_| {});
     let mut c = Conn::open(s.addr());
     let r = c.request(b"GET /x?body_bytes=10&chunked=1 HTTP/1.0\r\n\r\n", false);
-    assert_eq!((r.version, r.status, r.body.len()), (0, 200, 10));
+    assert_eq!((r.version, r.status, r.body.len()), (1, 200, 10));
     assert!(!r.chunked, "no chunked encoding to an HTTP/1.0 client");
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.header("content-length"), None, "close-delimited");
+    assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed_within(std::time::Duration::from_secs(2)));
+    // With a length, and keep-alive asked for: kept open, and it says so.
     let mut c = Conn::open(s.addr());
     let r = c.request(
         b"GET /x?body_bytes=10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
         false,
     );
+    assert_eq!((r.version, r.header("content-length")), (1, Some("10")));
     assert_eq!(r.header("connection"), Some("keep-alive"));
     assert_eq!(
         c.request(b"GET /y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false)
             .text(),
         "ok"
     );
-    assert_eq!(
-        up.received()[0].header("via").as_deref(),
-        Some("1.0 sluice")
+    assert_eq!(up.received()[0].header("via"), None, "no request_via");
+    // Not asked for: closed after a response with a length too.
+    let mut c = Conn::open(s.addr());
+    let r = c.request(b"GET /x?body_bytes=10 HTTP/1.0\r\n\r\n", false);
+    assert_eq!((r.version, r.header("connection")), (1, Some("close")));
+    assert!(c.closed_within(std::time::Duration::from_secs(2)));
+    // sluice's own answers: an admin page, an error, a refusal of the request itself.
+    for (raw, status) in [
+        (&b"GET /proxy-health HTTP/1.0\r\n\r\n"[..], 200),
+        (b"GET /?close=1 HTTP/1.0\r\n\r\n", 502),
+        (
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+    ] {
+        let mut c = Conn::open(s.addr());
+        let r = c.request(raw, false);
+        assert_eq!(
+            (r.version, r.status),
+            (1, status),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+        assert!(r.header("content-length").is_some() && r.header("transfer-encoding").is_none());
+        assert!(c.closed_within(std::time::Duration::from_secs(2)));
+    }
+}
+
+#[test]
+fn response_header_names_are_written_in_their_usual_spelling() {
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    let r = get(
+        s.addr(),
+        "/?header=X-Custom-Thing:1&header=etag:v1&header=cache-control:no-cache&header=WWW-Authenticate:Basic",
     );
+    let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+    for want in [
+        "X-Custom-Thing",
+        "ETag",
+        "Cache-Control",
+        "WWW-Authenticate",
+        "Content-Type",
+        "Content-Length",
+        "Via",
+        "X-Request-Id",
+    ] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
 }
 
 #[test]

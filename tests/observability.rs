@@ -53,6 +53,95 @@ fn scripted_mix() -> (sluice::Running, sluice_tools::upstream::TestUpstream) {
     (s, up)
 }
 
+/// The keys of README's `metrics` table, in its order (`avg/min/…_response_time` expanded).
+fn readme_metrics_keys() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("`metrics` keys")
+        .nth(1)
+        .expect("README has the metrics table");
+    let mut keys = Vec::new();
+    for row in table.lines().skip_while(|l| !l.starts_with("| `")) {
+        if !row.starts_with("| `") {
+            break;
+        }
+        let cell = row.split('|').nth(1).unwrap_or_default();
+        for name in cell.split('`').skip(1).step_by(2) {
+            match name.split_once('_') {
+                Some((stats, rest)) if stats.contains('/') => {
+                    keys.extend(stats.split('/').map(|s| format!("{s}_{rest}")))
+                }
+                _ => keys.push(name.to_string()),
+            }
+        }
+    }
+    keys
+}
+
+/// Where each of `keys` (as `"key":`) first appears in `text`.
+fn positions(text: &str, keys: &[String]) -> Vec<usize> {
+    keys.iter()
+        .map(|k| {
+            text.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k} missing from {text}"))
+        })
+        .collect()
+}
+
+#[test]
+fn proxy_metrics_reads_like_the_python_services_in_readmes_order() {
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    assert_eq!(get(s.addr(), "/").status, 200);
+    // A client that hangs up while the upstream works: counted in total_requests, as an abort.
+    let mut c = Conn::open(s.addr());
+    c.send(b"GET /?delay_ms=300 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(eventually(Duration::from_secs(3), || up.request_count() == 2));
+    drop(c);
+    assert!(eventually(Duration::from_secs(5), || {
+        metrics(s.addr())["client_aborted_requests"] == 1
+    }));
+    let text = get(s.addr(), "/proxy-metrics").text();
+    let top: Vec<String> = ["status", "uptime_seconds", "target", "metrics", "config"]
+        .map(String::from)
+        .to_vec();
+    let at = positions(&text, &top);
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "top-level order: {text}"
+    );
+    assert!(text.starts_with("{\"status\":"), "{text}");
+    // The metrics block, up to its last key (`outcomes`), holds README's keys in README's order.
+    let block = &text[at[3]..at[4]];
+    let keys = readme_metrics_keys();
+    assert_eq!(keys.first().map(String::as_str), Some("total_requests"));
+    assert_eq!(keys.last().map(String::as_str), Some("outcomes"));
+    let before_outcomes = &block[..block.find("\"outcomes\":").expect("outcomes")];
+    let scalars = &keys[..keys.len() - 1];
+    let at = positions(before_outcomes, scalars);
+    for (w, k) in at.windows(2).zip(scalars.windows(2)) {
+        assert!(
+            w[0] < w[1],
+            "{} comes before {} in README: {text}",
+            k[0],
+            k[1]
+        );
+    }
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let m = v["metrics"].as_object().unwrap();
+    assert_eq!(
+        m.len(),
+        keys.len(),
+        "README lists every metrics key: {text}"
+    );
+    // total_requests = successful + failed + client_aborted (README).
+    assert_eq!(m["total_requests"], 2);
+    assert_eq!(m["successful_requests"], 1);
+    assert_eq!(m["failed_requests"], 0);
+    assert_eq!(m["client_aborted_requests"], 1);
+}
+
 #[test]
 fn every_counter_has_its_exact_value_after_a_scripted_mix() {
     let (s, _up) = scripted_mix();

@@ -100,6 +100,94 @@ fn flags_override_the_file() {
     assert!(line("target_host").contains("from-file"));
 }
 
+/// `--check-config` with `args`: the exit code, and each key's line of stdout.
+fn checked(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["--check-config"];
+    all.extend_from_slice(args);
+    let out = sluice_cmd(&all);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.code(),
+        text,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value `--check-config` printed for `key`, and its source.
+fn shown(text: &str, key: &str) -> String {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("{key} not shown: {text}"))
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn python_command_lines_work_flag_equals_value_any_case_and_both_boolean_forms() {
+    // argparse's --flag=value, for every flag.
+    let (code, out, err) = checked(&[
+        "--target-host=127.0.0.1",
+        "--target-port=9999",
+        "--queue-timeout=2.5",
+        "--log-level=INFO",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(shown(&out, "target_host"), "\"127.0.0.1\" (flag)");
+    assert_eq!(shown(&out, "target_port"), "9999 (flag)");
+    assert_eq!(shown(&out, "queue_timeout"), "2.5 (flag)");
+    assert_eq!(shown(&out, "log_level"), "\"info\" (flag)");
+    // Python's level names in the file, in any case.
+    for (given, level) in [
+        ("INFO", "info"),
+        ("Debug", "debug"),
+        ("WARNING", "warn"),
+        ("error", "error"),
+    ] {
+        let file = temp_file(
+            &format!("level-{given}.json"),
+            &format!(r#"{{"target_host":"127.0.0.1","log_level":"{given}"}}"#),
+        );
+        let (code, out, err) = checked(&["--config", &file]);
+        assert_eq!(code, Some(0), "{given}: {err}");
+        assert_eq!(shown(&out, "log_level"), format!("\"{level}\" (file)"));
+    }
+    // One rule for every boolean: alone means true; `true`/`false` after it or after `=`.
+    for flag in ["access_log", "abort_on_client_close", "request_via"] {
+        let f = format!("--{}", flag.replace('_', "-"));
+        for (args, want) in [
+            (vec![f.clone()], "true"),
+            (vec![f.clone(), "true".into()], "true"),
+            (vec![f.clone(), "false".into()], "false"),
+            (vec![f.clone(), "False".into()], "false"),
+            (vec![format!("{f}=false")], "false"),
+            (vec![format!("{f}=true")], "true"),
+            (vec![f.clone(), "--max-retries".into(), "1".into()], "true"),
+        ] {
+            let mut all: Vec<&str> = vec!["--target-host", "127.0.0.1"];
+            all.extend(args.iter().map(String::as_str));
+            let (code, out, err) = checked(&all);
+            assert_eq!(code, Some(0), "{args:?}: {err}");
+            assert_eq!(shown(&out, flag), format!("{want} (flag)"), "{args:?}");
+        }
+    }
+    // A wrong value is still refused, naming the key; an unknown flag too.
+    let (code, _, err) = checked(&["--target-host=x", "--access-log=maybe"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("access_log"), "{err}");
+    let (code, _, err) = checked(&["--target-host=x", "--log-level=loud"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("log_level"), "{err}");
+    let (code, _, err) = checked(&["--target-host=x", "--no-such-flag=1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no-such-flag"), "{err}");
+    // --help says both forms.
+    let help = String::from_utf8_lossy(&sluice_cmd(&["--help"]).stdout).into_owned();
+    assert!(help.contains("--flag=value works for every flag"), "{help}");
+    assert!(help.contains("given alone means true"), "{help}");
+}
+
 #[test]
 fn help_lists_every_setting() {
     let out = sluice_cmd(&["--help"]);
@@ -148,7 +236,7 @@ fn one_gib_streams_both_ways_in_bounded_memory() {
         c.r.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(String::from_utf8_lossy(&head).contains(&format!("content-length: {GIB}")));
+    assert!(String::from_utf8_lossy(&head).contains(&format!("Content-Length: {GIB}")));
     let mut buf = vec![0u8; 1 << 20];
     let mut received = 0u64;
     let mut first_ok = true;

@@ -119,10 +119,59 @@ fn garbage_and_oversized_response_heads_are_502() {
     let s = sluice(up.port(), |c| c.max_retries = 0);
     get(s.addr(), "/?garbage=1").assert_sluice_error(502, "upstream_error");
     get(s.addr(), "/?big_header=100000").assert_sluice_error(502, "upstream_error");
-    // The response head limit is ureq's 16 KiB input buffer (upstream/agent.rs).
-    get(s.addr(), "/?big_header=20000").assert_sluice_error(502, "upstream_error");
     assert_eq!(get(s.addr(), "/?big_header=12000").status, 200);
     assert_eq!(get(s.addr(), "/fine").status, 200);
+}
+
+/// The test upstream's head around `X-Big` (`tools/src/upstream.rs`): status line, the `X-Big`
+/// line's name and CRLF, `Content-Length: 2`, `Content-Type` and the blank line.
+const HEAD_AROUND_BIG: usize = "HTTP/1.1 200 OK\r\n".len()
+    + "X-Big: \r\n".len()
+    + "Content-Length: 2\r\n".len()
+    + "Content-Type: application/octet-stream\r\n\r\n".len();
+
+#[test]
+fn response_heads_up_to_64_kib_pass_and_a_longer_one_never_opens_the_breaker() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.circuit_breaker_threshold = 2);
+    // A 17 KB header (a big Set-Cookie or CSP), ~60 KB, and a head of exactly 64 KiB.
+    for n in [17_000, 60_000, 65_536 - HEAD_AROUND_BIG] {
+        let r = get(s.addr(), &format!("/?big_header={n}"));
+        assert_eq!(r.status, 200, "{n}: {:?}", r.header("x-sluice-error"));
+        assert_eq!(r.header("x-big"), Some("b".repeat(n).as_str()), "{n}");
+        assert_eq!(r.text(), "ok");
+    }
+    // One byte over, and far over: a 502 saying why, as often as you like, breaker closed.
+    for n in [
+        65_537 - HEAD_AROUND_BIG,
+        70_000,
+        200_000,
+        65_537 - HEAD_AROUND_BIG,
+        70_000,
+    ] {
+        let r = get(s.addr(), &format!("/?big_header={n}"));
+        r.assert_sluice_error(502, "upstream_error");
+        let message = r.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains("response head over 64 KiB"), "{message}");
+    }
+    // More header fields than ureq parses (128): the same.
+    let many: Vec<String> = (0..130).map(|i| format!("header=X-F{i}:v")).collect();
+    for _ in 0..3 {
+        let r = get(s.addr(), &format!("/?{}", many.join("&")));
+        r.assert_sluice_error(502, "upstream_error");
+        assert!(r.text().contains("over 128 header fields"), "{}", r.text());
+    }
+    let m = metrics(s.addr());
+    assert_eq!(m["circuit_state"], "closed", "{m}");
+    assert_eq!(m["consecutive_failures"], 0, "{m}");
+    assert_eq!(m["circuit_times_opened"], 0, "{m}");
+    assert_eq!(m["outcomes"]["upstream_error"], 8, "{m}");
+    // 100 header fields (the Python service's limit) pass.
+    let hundred: Vec<String> = (0..100).map(|i| format!("header=X-F{i}:v{i}")).collect();
+    let r = get(s.addr(), &format!("/?{}", hundred.join("&")));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-f99"), Some("v99"));
+    assert_eq!(up.request_count(), 3 + 5 + 3 + 1, "none of them retried");
 }
 
 #[test]

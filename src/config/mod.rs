@@ -5,6 +5,7 @@
 //! once in the key table (`table.rs`); flags and file values go through the same parser
 //! (`value.rs`), so a bad value gets the same message either way.
 
+mod args;
 mod table;
 mod value;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+pub use args::normalize as normalize_args;
 pub use table::{Config, Flags, HELP, KEYS};
 use value::{err, Named};
 pub use value::{ConfigError, Raw, MIN_TIMEOUT};
@@ -73,6 +75,9 @@ impl Named for LogLevel {
         LogLevel::Info,
         LogLevel::Debug,
     ];
+    /// Python's `logging` names.
+    const ALIASES: &'static [(&'static str, Self)] =
+        &[("warning", LogLevel::Warn), ("critical", LogLevel::Error)];
 
     fn as_str(self) -> &'static str {
         LogLevel::as_str(self)

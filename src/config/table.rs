@@ -75,7 +75,8 @@ macro_rules! settings {
         #[derive(FromArgs, Debug, Default)]
         #[argh(
             description = "sluice: a small, fast, dependable HTTP reverse proxy for one upstream.
-Every setting is also a key of the --config JSON file (flag name with _ for -); flags override the file."
+Every setting is also a key of the --config JSON file (flag name with _ for -); flags override the file.
+--flag=value works for every flag; a true-or-false flag given alone means true (--access-log)."
         )]
         pub struct Flags {
             /// JSON config file (e.g. proxy_config.json)
@@ -127,12 +128,6 @@ trait FlagText {
 impl FlagText for Option<String> {
     fn text(&self) -> Option<String> {
         self.clone()
-    }
-}
-
-impl FlagText for Option<bool> {
-    fn text(&self) -> Option<String> {
-        self.map(|b| b.to_string())
     }
 }
 
@@ -192,10 +187,12 @@ settings! {
     max_body_bytes: u64 = 0, int(0, i64::MAX as i128, "a byte count >= 0 (0 = unlimited)"), reload, option(String);
     /// cancel a request's upstream exchange when its client hangs up, and drop a queued one: true or false (default true)
     abort_on_client_close: bool = true, Bool, reload, option(String);
+    /// add "Via: 1.1 sluice" to requests sent upstream: true or false (default false; an nginx upstream stops gzipping when it sees one)
+    request_via: bool = false, Bool, reload, option(String);
     /// seconds to let in-flight requests finish after SIGTERM (default 30)
     shutdown_grace: Duration = Duration::from_secs(30), SECS_OR_ZERO, reload, option(String);
     /// error, warn, info or debug (default info)
     log_level: LogLevel = LogLevel::Info, Choice, reload, option(String);
-    /// one JSON line per proxied request on stdout
-    access_log: bool = false, Bool, reload, switch(bool);
+    /// one JSON line per proxied request on stdout: true or false (default false)
+    access_log: bool = false, Bool, reload, option(String);
 }

@@ -168,19 +168,24 @@ impl Parse<String> for Host {
 /// An enum setting spelled as one of its names.
 pub trait Named: Sized + Copy + 'static {
     const ALL: &'static [Self];
+    /// Other names accepted for a value (never shown).
+    const ALIASES: &'static [(&'static str, Self)] = &[];
     fn as_str(self) -> &'static str;
 }
 
-/// One of the names of `T`.
+/// One of the names of `T`, in any case (`"INFO"`, as a Python config has it, is `info`).
 pub struct Choice;
 
 impl<T: Named> Parse<T> for Choice {
     fn parse(&self, key: &str, raw: &Raw) -> Result<T, ConfigError> {
-        let given = raw.as_str();
+        let given = raw.as_str().map(str::trim).unwrap_or_default();
+        let named = |name: &str| !given.is_empty() && name.eq_ignore_ascii_case(given);
         T::ALL
             .iter()
-            .copied()
-            .find(|v| Some(v.as_str()) == given)
+            .map(|v| (v.as_str(), *v))
+            .chain(T::ALIASES.iter().copied())
+            .find(|(name, _)| named(name))
+            .map(|(_, v)| v)
             .ok_or_else(|| {
                 let names: Vec<String> =
                     T::ALL.iter().map(|v| format!("{:?}", v.as_str())).collect();
@@ -189,7 +194,7 @@ impl<T: Named> Parse<T> for Choice {
     }
 }
 
-/// `true` or `false` (flags also take `1`/`0`, `yes`/`no`, `on`/`off`).
+/// `true` or `false` (flags also take `1`/`0`, `yes`/`no`, `on`/`off`), in any case.
 pub struct Bool;
 
 impl Parse<bool> for Bool {
@@ -197,7 +202,7 @@ impl Parse<bool> for Bool {
         let b = match raw {
             Raw::Json(Value::Bool(b)) => Some(*b),
             Raw::Json(_) => None,
-            Raw::Text(s) => match s.trim() {
+            Raw::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => Some(true),
                 "false" | "0" | "no" | "off" => Some(false),
                 _ => None,

@@ -96,7 +96,10 @@ fn active(shared: &Shared) -> u64 {
     shared.metrics.active_requests.load(Relaxed).max(0) as u64
 }
 
-/// `/proxy-metrics`: the Python service's keys, seconds as floats, success_rate in percent.
+/// `/proxy-metrics`: the Python service's keys, seconds as floats, success_rate in percent. The
+/// keys come out in the order written here (serde_json's `preserve_order`), which is README's:
+/// `status, uptime_seconds, target, metrics, config`, the metrics in README's table order with
+/// `outcomes` last, so `watch 'curl … | jq'` shows the watch signals first.
 pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
     let m = &shared.metrics;
     let cfg = shared.config();
@@ -122,6 +125,7 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "successful_requests": successful,
             "failed_requests": failed,
             "client_aborted_requests": aborted,
+            "success_rate": success_rate,
             "timeout_requests": c.of("upstream_timeout") + c.of("connect_timeout"),
             "queue_rejected": c.of("queue_full"),
             "queue_timeouts": c.of("queue_timeout"),
@@ -130,10 +134,10 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "retry_attempts": m.retry_attempts.load(Relaxed),
             "upstream_attempts": m.upstream_attempts.load(Relaxed),
             "active_requests": active,
-            "queue_size": queued,
-            "max_queue_size": shared.queue_capacity,
             "available_slots": (shared.workers as u64).saturating_sub(active),
             "max_concurrent_requests": shared.workers,
+            "queue_size": queued,
+            "max_queue_size": shared.queue_capacity,
             "client_connections": m.client_connections.load(Relaxed).max(0),
             "avg_response_time": lat.mean,
             "min_response_time": lat.min,
@@ -143,7 +147,6 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "p99_response_time": lat.p99,
             "avg_queue_wait": qw.mean,
             "p99_queue_wait": qw.p99,
-            "success_rate": success_rate,
             "requests_per_second": m.requests_per_second(),
             "circuit_open": b.refusing,
             "circuit_state": b.state.as_str(),

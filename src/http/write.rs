@@ -12,9 +12,11 @@ pub fn reason_phrase(status: u16) -> &'static str {
         .unwrap_or("Unknown")
 }
 
-/// Appends `HTTP/1.x NNN Reason\r\n`.
-pub fn status_line(out: &mut Vec<u8>, status: u16, http10: bool) {
-    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+/// Appends `HTTP/1.1 NNN Reason\r\n`. Also to an HTTP/1.0 client, as nginx and uvicorn answer
+/// (RFC 9110 §2.5: the version sluice speaks; the framing is what the client understands —
+/// `BodyFraming` and the keep-alive rule see to that).
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
     let mut digits = [b'0'; 3];
     let mut s = status.min(999);
     for d in digits.iter_mut().rev() {
@@ -30,6 +32,27 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, http10: bool) {
 /// Appends `name: value\r\n`.
 pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `Name: value\r\n` for a header whose name ureq hands over lower-cased (the `http`
+/// crate's `HeaderName`; ureq keeps no other spelling), in the usual spelling: each letter after
+/// the start or a `-` upper-cased (`Content-Type`, `Set-Cookie`, `X-Request-Id`), as Go's
+/// `CanonicalMIMEHeaderKey` writes them, with `ETag` and `WWW-Authenticate` spelled as their RFCs do.
+pub fn header_canonical(out: &mut Vec<u8>, lower: &str, value: &[u8]) {
+    match lower {
+        "etag" => out.extend_from_slice(b"ETag"),
+        "www-authenticate" => out.extend_from_slice(b"WWW-Authenticate"),
+        _ => {
+            let mut up = true;
+            for &b in lower.as_bytes() {
+                out.push(if up { b.to_ascii_uppercase() } else { b });
+                up = b == b'-';
+            }
+        }
+    }
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -80,7 +103,7 @@ pub struct Simple<'a> {
 impl Simple<'_> {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.body.len());
-        status_line(&mut out, self.status, self.http10);
+        status_line(&mut out, self.status);
         header(&mut out, b"Content-Type", self.content_type.as_bytes());
         header_u64(&mut out, b"Content-Length", self.body.len() as u64);
         for (k, v) in self.extra {
@@ -164,6 +187,25 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lower_cased_names_are_written_in_their_usual_spelling() {
+        let mut out = Vec::new();
+        for name in [
+            "content-type",
+            "set-cookie",
+            "x-request-id",
+            "etag",
+            "www-authenticate",
+            "p3p",
+        ] {
+            header_canonical(&mut out, name, b"v");
+        }
+        assert_eq!(
+            out,
+            b"Content-Type: v\r\nSet-Cookie: v\r\nX-Request-Id: v\r\nETag: v\r\nWWW-Authenticate: v\r\nP3p: v\r\n"
+        );
+    }
 
     #[test]
     fn chunk_piece_is_framed_in_place() {

@@ -1,6 +1,6 @@
 //! Header rules (README "What sluice does with a request"): which headers cross sluice in each direction, and the
-//! ones it adds (`X-Forwarded-For`, `Via`, `X-Request-Id`). Pure functions over header lists;
-//! no I/O.
+//! ones it adds (`X-Forwarded-For`, `X-Request-Id`, `Via` on responses, and on requests only
+//! with `request_via`). Pure functions over header lists; no I/O.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -51,11 +51,14 @@ pub fn new_request_id() -> String {
 
 /// The headers sent upstream: end-to-end headers as received (names and order kept, borrowed
 /// from the head, not copied), then one `X-Forwarded-For` (earlier hops + this client), one
-/// `Via`, and `X-Request-Id`.
+/// `Via` with sluice's entry if `via` (`request_via`; else the client's `Via` passes as it
+/// came: the Python service, nginx and HAProxy add none, and an nginx upstream with its default
+/// `gzip_proxied off` stops compressing for a request that has one), and `X-Request-Id`.
 pub fn upstream_request_headers<'a>(
     head: &'a RequestHead,
     client: IpAddr,
     request_id: &'a str,
+    via: bool,
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
     let tokens = connection_tokens(
         head.headers
@@ -64,7 +67,7 @@ pub fn upstream_request_headers<'a>(
             .map(|h| h.value.as_slice()),
     );
     let mut xff: Vec<u8> = Vec::new();
-    let mut via: Vec<u8> = Vec::new();
+    let mut via_list: Vec<u8> = Vec::new();
     let mut out = Vec::with_capacity(head.headers.len() + 3);
     for h in &head.headers {
         if !is_end_to_end(&h.name, &tokens) {
@@ -72,8 +75,8 @@ pub fn upstream_request_headers<'a>(
         }
         let list = if h.name.eq_ignore_ascii_case("x-forwarded-for") {
             &mut xff
-        } else if h.name.eq_ignore_ascii_case("via") {
-            &mut via
+        } else if via && h.name.eq_ignore_ascii_case("via") {
+            &mut via_list
         } else {
             if !h.name.eq_ignore_ascii_case("x-request-id") {
                 out.push((h.name.as_str(), Cow::Borrowed(h.value.as_slice())));
@@ -86,9 +89,11 @@ pub fn upstream_request_headers<'a>(
         list.extend_from_slice(h.value.trim_ascii());
     }
     append(&mut xff, client.to_string().as_bytes());
-    append(&mut via, via_entry(head.http10));
     out.push(("x-forwarded-for", Cow::Owned(xff)));
-    out.push(("via", Cow::Owned(via)));
+    if via {
+        append(&mut via_list, via_entry(head.http10));
+        out.push(("via", Cow::Owned(via_list)));
+    }
     out.push(("x-request-id", Cow::Borrowed(request_id.as_bytes())));
     out
 }
@@ -139,7 +144,7 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Foo\r\nX-Foo: secret\r\nKeep-Alive: 5\r\n\
              TE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Keep: 1\r\n\r\n",
         );
-        let out = upstream_request_headers(&h, "10.0.0.9".parse().unwrap(), "rid");
+        let out = upstream_request_headers(&h, "10.0.0.9".parse().unwrap(), "rid", true);
         let n = names(&out);
         for gone in [
             "connection",
@@ -159,7 +164,7 @@ mod tests {
         let h = head(
             "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nVia: 1.0 edge\r\n\r\n",
         );
-        let out = upstream_request_headers(&h, "127.0.0.1".parse().unwrap(), "rid");
+        let out = upstream_request_headers(&h, "127.0.0.1".parse().unwrap(), "rid", true);
         assert_eq!(
             value(&out, "x-forwarded-for"),
             "1.1.1.1, 2.2.2.2, 127.0.0.1"
@@ -173,6 +178,22 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn without_request_via_sluice_adds_none_and_the_clients_passes_as_it_came() {
+        let h =
+            head("GET / HTTP/1.1\r\nHost: h\r\nVia: 1.0 edge\r\nX-A: 1\r\nVia: 1.1 cdn\r\n\r\n");
+        let out = upstream_request_headers(&h, "127.0.0.1".parse().unwrap(), "rid", false);
+        let vias: Vec<&[u8]> = out
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("via"))
+            .map(|(_, v)| &v[..])
+            .collect();
+        assert_eq!(vias, [&b"1.0 edge"[..], b"1.1 cdn"]);
+        let h = head("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        let out = upstream_request_headers(&h, "127.0.0.1".parse().unwrap(), "rid", false);
+        assert!(!names(&out).contains(&"via".to_string()));
     }
 
     #[test]

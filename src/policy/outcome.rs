@@ -36,6 +36,9 @@ pub enum AttemptFailure {
     Timeout,
     /// A malformed response.
     Protocol,
+    /// A response head over sluice's limit (64 KiB, or more header fields than ureq takes): a
+    /// 502, but it says nothing about the upstream's availability.
+    HeadTooLarge,
     /// A 502, 503 or 504 from the upstream.
     Status(u16),
 }
@@ -47,9 +50,20 @@ impl AttemptFailure {
             AttemptFailure::Connect => Reason::ConnectFailed,
             AttemptFailure::ConnectTimeout => Reason::ConnectTimeout,
             AttemptFailure::Timeout => Reason::UpstreamTimeout,
-            AttemptFailure::Reset | AttemptFailure::Protocol | AttemptFailure::Status(_) => {
-                Reason::UpstreamError
-            }
+            AttemptFailure::Reset
+            | AttemptFailure::Protocol
+            | AttemptFailure::HeadTooLarge
+            | AttemptFailure::Status(_) => Reason::UpstreamError,
+        }
+    }
+
+    /// What the breaker learns when this was the last attempt: what its reason's outcome says,
+    /// but a response head over the limit is neutral — a healthy upstream sends one (a large
+    /// `Set-Cookie` or CSP), and counting it would open the breaker for everyone.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            AttemptFailure::HeadTooLarge => Verdict::Neutral,
+            _ => Outcome::Sluice(self.reason()).verdict(),
         }
     }
 }
@@ -237,5 +251,14 @@ mod tests {
             Reason::ConnectTimeout
         );
         assert_eq!(AttemptFailure::Status(503).reason(), Reason::UpstreamError);
+        assert_eq!(AttemptFailure::HeadTooLarge.reason(), Reason::UpstreamError);
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_a_502_but_never_a_breaker_failure() {
+        assert_eq!(AttemptFailure::HeadTooLarge.verdict(), Verdict::Neutral);
+        assert_eq!(AttemptFailure::Protocol.verdict(), Verdict::Failure);
+        assert_eq!(AttemptFailure::Reset.verdict(), Verdict::Failure);
+        assert_eq!(AttemptFailure::Connect.verdict(), Verdict::Failure);
     }
 }

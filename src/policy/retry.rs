@@ -24,7 +24,10 @@ pub fn may_retry(
     match failure {
         AttemptFailure::Connect | AttemptFailure::ConnectTimeout => replayable || !body_started,
         AttemptFailure::Reset | AttemptFailure::Status(502..=504) => idempotent && replayable,
-        AttemptFailure::Status(_) | AttemptFailure::Timeout | AttemptFailure::Protocol => false,
+        AttemptFailure::Status(_)
+        | AttemptFailure::Timeout
+        | AttemptFailure::Protocol
+        | AttemptFailure::HeadTooLarge => false,
     }
 }
 

@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::Agent;
 
+use super::buffers::RESPONSE_HEAD_MAX;
 use super::resolve::{look_up_in_background, CachedResolver};
 use super::transport::UpstreamTcp;
 use crate::config::Config;
@@ -44,8 +45,8 @@ impl Upstream {
             .max_idle_connections(pool)
             .max_idle_connections_per_host(pool)
             .max_idle_age(Duration::from_secs(30))
-            .input_buffer_size(INPUT_BUFFER)
-            .max_response_header_size(INPUT_BUFFER)
+            .input_buffer_size(TLS_INPUT_BUFFER)
+            .max_response_header_size(RESPONSE_HEAD_MAX)
             .output_buffer_size(OUTPUT_BUFFER)
             .build();
         let connector = UpstreamTcp.chain(RustlsConnector::default());
@@ -57,10 +58,10 @@ impl Upstream {
     }
 }
 
-/// The largest response head sluice accepts (ureq's `max_response_header_size`; nginx's default
-/// is 4–8 KiB); a longer one is a 502. The read buffer itself starts at 2 KiB and grows only
-/// when filled (`buffers.rs`).
-pub const INPUT_BUFFER: usize = 16 * 1024;
+/// ureq's own read buffer, used only by an https upstream's TLS layer (plain TCP reads into
+/// `buffers.rs`): one byte over the head limit, so that a longer head is refused as too large
+/// (ureq compares what it holds with the limit) rather than as a connection that stalled.
+pub const TLS_INPUT_BUFFER: usize = RESPONSE_HEAD_MAX + 1;
 /// ureq's write buffer per upstream connection: it must hold the longest request line or header
 /// line (a request with a longer one is refused as the client's error, 431/414, before anything
 /// is sent).

@@ -78,7 +78,8 @@ pub fn forward(
     verdict: &mut VerdictReport<'_>,
 ) -> Finished {
     let (head, rid) = (x.head, x.request_id);
-    let template = match request::build(&x.upstream.base, head, conn.peer.ip(), rid) {
+    let who = (conn.peer.ip(), rid);
+    let template = match request::build(&x.upstream.base, head, who, x.cfg.request_via) {
         Ok(t) => t,
         Err(reason) => return answer::send(conn, head, reason, rid, None, false),
     };
@@ -123,9 +124,10 @@ pub fn forward(
     drop(body);
     verdict.report(match &ended {
         Attempts::Response(r) => Outcome::Upstream(r.status().as_u16()).verdict(),
-        Attempts::Failed(f, _) => Outcome::Sluice(f.reason()).verdict(),
+        Attempts::Failed(f, _) => f.verdict(),
         Attempts::ClientBody | Attempts::ClientGone => Verdict::Neutral,
     });
+    let relayed = matches!(ended, Attempts::Response(_));
     let mut fin = match ended {
         Attempts::Response(resp) => {
             let mut fin = relay(x, conn, resp, body_done, scratch);
@@ -145,7 +147,9 @@ pub fn forward(
             answer::write(conn, a, Outcome::Sluice(f.reason()))
         }
     };
-    verdict.report(fin.outcome.verdict()); // a body broken off after the head: one more failure
+    if relayed {
+        verdict.report(fin.outcome.verdict()); // a body broken off after the head: one more failure
+    }
     fin.attempts = attempts;
     fin.bytes_in = bytes_in;
     fin.upstream_time = upstream_time;

@@ -2,8 +2,8 @@
 //! only while used. ureq's own (`LazyBuffers`) allocate the whole input and output size on first
 //! use and keep both for the connection's life, idle in the pool included. Here:
 //! - the input buffer starts at `INPUT_START` (a usual response head) and doubles, up to
-//!   `INPUT_MAX`, when a read fills it — a long head (ureq refuses one over its
-//!   `max_response_header_size`, `agent.rs`), or a body arriving faster than it is taken, which
+//!   `INPUT_MAX`, when a read fills it — a long head (one that does not fit is refused:
+//!   `RESPONSE_HEAD_MAX`), or a body arriving faster than it is taken, which
 //!   then moves in reads of up to 64 KiB;
 //! - the output buffer (which must hold the longest request line or header line) exists only
 //!   while a request is written: it is freed when the connection waits for the response;
@@ -19,6 +19,12 @@ pub const INPUT_START: usize = 2 * 1024;
 /// The input buffer's largest size: a large body is read 64 KiB at a time (as ureq's own
 /// buffer grows to; 16 KiB reads cost a third more syscalls on 1 MiB responses).
 pub const INPUT_MAX: usize = 64 * 1024;
+/// The largest response head sluice accepts (ureq's `max_response_header_size`): 64 KiB, what
+/// the Python service's http.client took per line (a large `Set-Cookie` or CSP fits); nginx's
+/// default is 4–8 KiB. A longer one is a 502 `upstream_error` that the breaker does not count
+/// (`classify.rs`). It is the read buffer's largest size: the buffer starts at 2 KiB and grows
+/// only when filled, so an idle pooled connection holds none of it.
+pub const RESPONSE_HEAD_MAX: usize = INPUT_MAX;
 /// ureq reads a request body into the input buffer's free part before writing it out: at least
 /// this much room is made (ureq's own minimum).
 const MIN_TMP: usize = 10 * 1024;

@@ -5,6 +5,7 @@ use std::io;
 
 use ureq::Timeout;
 
+use super::buffers::RESPONSE_HEAD_MAX;
 use crate::policy::outcome::AttemptFailure;
 
 /// How an attempt that ended in `e` failed.
@@ -15,6 +16,8 @@ pub fn classify(e: &ureq::Error) -> AttemptFailure {
         ureq::Error::Timeout(_) => AttemptFailure::Timeout,
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => AttemptFailure::Connect,
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) => AttemptFailure::Connect,
+        ureq::Error::LargeResponseHeader(..) => AttemptFailure::HeadTooLarge,
+        ureq::Error::Protocol(p) if too_many_fields(p) => AttemptFailure::HeadTooLarge,
         ureq::Error::Io(io) => match io.kind() {
             K::ConnectionRefused
             | K::HostUnreachable
@@ -32,6 +35,12 @@ pub fn classify(e: &ureq::Error) -> AttemptFailure {
     }
 }
 
+/// ureq's refusal of a response head with more header fields than it parses (128, ureq-proto's
+/// `MAX_RESPONSE_HEADERS`; ureq does not export the error type, so it is known by its text).
+fn too_many_fields(e: &impl std::fmt::Display) -> bool {
+    e.to_string().contains("too many headers")
+}
+
 /// What went wrong, in an operator's words.
 pub fn cause(e: &ureq::Error) -> String {
     use io::ErrorKind as K;
@@ -39,6 +48,13 @@ pub fn cause(e: &ureq::Error) -> String {
         ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => "timed out connecting".into(),
         ureq::Error::Timeout(_) => "timed out waiting for the response".into(),
         ureq::Error::HostNotFound => "the name does not resolve".into(),
+        ureq::Error::LargeResponseHeader(..) => format!(
+            "response head over {} KiB (sluice's limit; not counted against the breaker)",
+            RESPONSE_HEAD_MAX / 1024
+        ),
+        ureq::Error::Protocol(p) if too_many_fields(p) => {
+            "response head with over 128 header fields (sluice's limit; not counted against the breaker)".into()
+        }
         ureq::Error::Io(io) => match io.kind() {
             K::ConnectionRefused => "connection refused".into(),
             K::HostUnreachable | K::NetworkUnreachable => "unreachable".into(),
@@ -80,6 +96,17 @@ mod tests {
         assert_eq!(
             classify(&ureq::Error::Timeout(Timeout::RecvResponse)),
             AttemptFailure::Timeout
+        );
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_its_own_failure() {
+        let e = ureq::Error::LargeResponseHeader(70_000, RESPONSE_HEAD_MAX);
+        assert_eq!(classify(&e), AttemptFailure::HeadTooLarge);
+        assert!(
+            cause(&e).starts_with("response head over 64 KiB"),
+            "{}",
+            cause(&e)
         );
     }
 

@@ -77,7 +77,7 @@ fn response_head(
             .map(HeaderValue::as_bytes),
     );
     let mut out = Vec::with_capacity(512);
-    write::status_line(&mut out, status, head.http10);
+    write::status_line(&mut out, status);
     let mut via: Vec<u8> = Vec::new();
     for (name, value) in headers {
         if name == http::header::VIA {
@@ -85,27 +85,27 @@ fn response_head(
         } else if name == http::header::CONTENT_LENGTH {
             continue; // written below, from the one length sluice frames the body with
         } else if is_end_to_end(name.as_str(), &tokens) {
-            write::header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+            write::header_canonical(&mut out, name.as_str(), value.as_bytes());
         }
     }
     headers::append(&mut via, headers::via_entry(head.http10));
-    write::header(&mut out, b"via", &via);
+    write::header(&mut out, b"Via", &via);
     if !headers.contains_key("x-request-id") {
-        write::header(&mut out, b"x-request-id", request_id.as_bytes());
+        write::header(&mut out, b"X-Request-Id", request_id.as_bytes());
     }
     let bodiless_status = status < 200 || status == 204;
     match (framing, length) {
-        (BodyFraming::Chunked, _) => write::header(&mut out, b"transfer-encoding", b"chunked"),
+        (BodyFraming::Chunked, _) => write::header(&mut out, b"Transfer-Encoding", b"chunked"),
         // A HEAD or 304 answer keeps the length the body would have.
         (BodyFraming::Length | BodyFraming::None, Some(n)) if !bodiless_status => {
-            write::header_u64(&mut out, b"content-length", n)
+            write::header_u64(&mut out, b"Content-Length", n)
         }
         _ => {}
     }
     if !keep_alive {
-        write::header(&mut out, b"connection", b"close");
+        write::header(&mut out, b"Connection", b"close");
     } else if head.http10 {
-        write::header(&mut out, b"connection", b"keep-alive");
+        write::header(&mut out, b"Connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
     out

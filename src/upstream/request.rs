@@ -39,12 +39,12 @@ pub fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
 }
 
 /// The upstream request without its body, or the reason it cannot be sent (`check_encodable`,
-/// and anything `http` refuses).
+/// and anything `http` refuses). `via`: add sluice's `Via` entry (`request_via`).
 pub fn build(
     base: &str,
     head: &RequestHead,
-    client: IpAddr,
-    request_id: &str,
+    (client, request_id): (IpAddr, &str),
+    via: bool,
 ) -> Result<http::Request<()>, Reason> {
     check_encodable(head)?;
     let method =
@@ -52,7 +52,7 @@ pub fn build(
     let mut b = http::Request::builder()
         .method(method)
         .uri(format!("{base}{}", requote(&head.path)));
-    for (name, value) in headers::upstream_request_headers(head, client, request_id) {
+    for (name, value) in headers::upstream_request_headers(head, client, request_id, via) {
         if name.len() + value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
             return Err(Reason::HeadersTooLarge); // a merged X-Forwarded-For or Via
         }

@@ -24,7 +24,7 @@ use ureq::unversioned::transport::{
 };
 use ureq::{Error, Timeout};
 
-use super::buffers::{SlimBuffers, INPUT_MAX};
+use super::buffers::{SlimBuffers, INPUT_MAX, RESPONSE_HEAD_MAX};
 use super::cancel::{attach_current, Attached};
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
@@ -173,6 +173,12 @@ impl Transport for TcpConn {
         let sock = &self.stream.0;
         keep_close(&mut self.read_timeout, want, |t| sock.set_read_timeout(t))?;
         let input = self.buffers.input_append_buf();
+        if input.is_empty() {
+            // The buffer is at its largest and full of bytes ureq could not use: a body is
+            // consumed as it is read, so this is a response head longer than the buffer.
+            let held = self.buffers.input().len();
+            return Err(Error::LargeResponseHeader(held + 1, RESPONSE_HEAD_MAX));
+        }
         let n = loop {
             match crate::runnable::blocking(|| (&self.stream.0).read(input)) {
                 // Linux does not restart a socket read with a timeout after a signal.
