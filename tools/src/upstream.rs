@@ -17,6 +17,9 @@
 //!
 //! `/__upstream/fail?status=N` makes every later request answer N (`status=0` clears it);
 //! `/__upstream/delay?ms=N` delays every later request; `/__upstream/stats` gives counts.
+//! Switches a test flips while it runs: `set_fail` (every request answers N), `set_delay`,
+//! `set_hang` (every request is read and never answered: a hung upstream), `set_health`
+//! (the status of `/health`, which otherwise answers as any path).
 //! Everything received is recorded for the tests (`received()`).
 
 use std::io::{self, Read, Write};
@@ -70,6 +73,10 @@ struct State {
     delay_ms: AtomicU64,
     /// `hang=1` requests whose connection sluice closed while the upstream held them.
     hangs_closed: AtomicU64,
+    /// Every request hangs (`set_hang`).
+    hang_all: AtomicBool,
+    /// The status `/health` answers (0: as any other path).
+    health_status: AtomicU64,
     record: AtomicBool,
     stopped: AtomicBool,
 }
@@ -141,6 +148,20 @@ impl TestUpstream {
     /// Every later request waits this long before its response.
     pub fn set_delay(&self, delay: Duration) {
         self.state.delay_ms.store(delay.as_millis() as u64, Relaxed);
+    }
+
+    /// `true`: every later request is read and never answered (a hung upstream: it accepts,
+    /// then says nothing until the peer closes, as `hang=1`); `false`: back to normal.
+    pub fn set_hang(&self, on: bool) {
+        self.state.hang_all.store(on, Relaxed);
+    }
+
+    /// `/health` (any query) answers `status` (None: as any other path). `set_fail` and
+    /// `set_hang` still apply to it.
+    pub fn set_health(&self, status: Option<u16>) {
+        self.state
+            .health_status
+            .store(status.map_or(0, u64::from), Relaxed);
     }
 }
 
@@ -268,7 +289,7 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
     if delay > 0 {
         std::thread::sleep(Duration::from_millis(delay));
     }
-    if flag("hang") {
+    if flag("hang") || state.hang_all.load(Relaxed) {
         if hang(conn) {
             state.hangs_closed.fetch_add(1, Relaxed);
         }
@@ -286,8 +307,11 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         return Ok(false);
     }
     let fail = state.fail_status.load(Relaxed) as u16;
+    let health = state.health_status.load(Relaxed) as u16;
     let status = if fail > 0 {
         fail
+    } else if health > 0 && head.path.split('?').next() == Some("/health") {
+        health
     } else {
         num("status").unwrap_or(200) as u16
     };
