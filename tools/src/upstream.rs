@@ -17,9 +17,10 @@
 //!
 //! `/__upstream/fail?status=N` makes every later request answer N (`status=0` clears it);
 //! `/__upstream/delay?ms=N` delays every later request; `/__upstream/stats` gives counts.
-//! Switches a test flips while it runs: `set_fail` (every request answers N), `set_delay`,
-//! `set_hang` (every request is read and never answered: a hung upstream), `set_health`
-//! (the status of `/health`, which otherwise answers as any path).
+//! `/__upstream/hang?on=1` (`on=0` clears it) hangs every later request; `/__upstream/health?status=N`
+//! makes `/health` answer N (`status=0`: as any path). The same switches for a test that flips
+//! them while it runs: `set_fail`, `set_delay`, `set_hang` (every request is read and never
+//! answered: a hung upstream), `set_health`.
 //! Everything received is recorded for the tests (`received()`).
 
 use std::io::{self, Read, Write};
@@ -444,6 +445,11 @@ fn control(
     match path {
         "/__upstream/fail" => state.fail_status.store(status.unwrap_or(0), Relaxed),
         "/__upstream/delay" => state.delay_ms.store(ms.unwrap_or(0), Relaxed),
+        "/__upstream/hang" => {
+            let on = params(&head.target).contains(&("on".into(), "1".into()));
+            state.hang_all.store(on, Relaxed);
+        }
+        "/__upstream/health" => state.health_status.store(status.unwrap_or(0), Relaxed),
         _ => {}
     }
     let body = json!({
@@ -451,6 +457,8 @@ fn control(
         "connections": state.connections.load(Relaxed),
         "fail_status": state.fail_status.load(Relaxed),
         "delay_ms": state.delay_ms.load(Relaxed),
+        "hang": state.hang_all.load(Relaxed),
+        "health_status": state.health_status.load(Relaxed),
     })
     .to_string();
     write!(
