@@ -2,10 +2,10 @@
 //! machine with an injected clock and no I/O.
 //!
 //! closed → open after `threshold` consecutive failed requests; open → half-open after `open_for`;
-//! half-open lets exactly one probe through, refusing the rest for at most `open_for` more: past
-//! that, the probe is overdue and every request goes through again (a slow probe never keeps a
-//! healthy upstream refused), the first success closes it, the probe's failure or `threshold`
-//! failures re-open it. The probe's success closes it, its failure re-opens it.
+//! half-open lets exactly one probe through: its success closes it, its failure re-opens it. The
+//! others are refused while the probe is out, for at most `open_for`: past that the probe is
+//! overdue and every request goes through again (a slow probe never keeps a healthy upstream
+//! refused); the first success closes it, the probe's failure or `threshold` failures re-open it.
 //!
 //! With health checks on (`set_checks`) the checks are the probe: `fall` failed checks open it
 //! whatever its state, it stays open (no half-open, no client request as probe) until `rise`
