@@ -207,7 +207,7 @@ pub struct BreakerView {
 }
 
 /// The check settings of `c`, `None` while `health_check_path` is empty (checks off).
-pub fn check_settings(c: &Config) -> Option<CheckSettings> {
+fn check_settings(c: &Config) -> Option<CheckSettings> {
     (!c.health_check_path.is_empty()).then_some(CheckSettings {
         rise: c.health_check_rise,
         fall: c.health_check_fall,

@@ -119,6 +119,9 @@ fn run(shared: &Shared, bell: &Bell) {
         if shared.stopping() {
             return;
         }
+        if shared.config().health_check_path.is_empty() {
+            continue; // turned off while this check ran: it counts for nothing
+        }
         if result.passed() != last_passed {
             last_passed = result.passed();
             let url = url(&cfg);
