@@ -69,7 +69,12 @@ fn each_unwise_setting_prints_its_warning_and_still_exits_0() {
             "circuit_breaker_timeout is 0",
         ),
         (
-            &["--health-check-path", "/health", "--health-check-timeout", "6"],
+            &[
+                "--health-check-path",
+                "/health",
+                "--health-check-timeout",
+                "6",
+            ],
             "health_check_timeout (6s) > health_check_interval (5s)",
         ),
     ];
