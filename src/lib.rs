@@ -13,6 +13,9 @@
 //! `observe/` (metrics, logs), `config/` (settings), and `state.rs`, the ground floor every
 //! thread shares.
 
+// `/proxy-metrics` is one `json!` literal of more keys than the macro's default depth allows.
+#![recursion_limit = "256"]
+
 pub mod config;
 pub mod http;
 pub mod limits;
@@ -39,6 +42,7 @@ use pool::queue::Queue;
 use pool::worker::Pool;
 use state::Shared;
 use upstream::agent::UpstreamClient;
+use upstream::health::Checker;
 
 /// A started proxy.
 pub struct Running {
@@ -46,6 +50,7 @@ pub struct Running {
     shared: Arc<Shared>,
     upstream: Arc<UpstreamClient>,
     front: Option<JoinHandle<()>>,
+    checker: Option<Checker>,
     back: Back,
     workers: Vec<JoinHandle<()>>,
 }
@@ -81,11 +86,13 @@ pub fn start(config: Config) -> io::Result<Running> {
         back: back.clone(),
     });
     let front = front.spawn()?;
+    let checker = Checker::spawn(shared.clone())?;
     Ok(Running {
         addr,
         shared,
         upstream,
         front: Some(front),
+        checker: Some(checker),
         back,
         workers,
     })
@@ -122,6 +129,9 @@ impl Running {
         let old = self.shared.config();
         let (kept, fixed) = self.shared.reconfigure(new);
         self.upstream.reconfigure(&old, &kept);
+        if let Some(c) = &self.checker {
+            c.wake();
+        }
         fixed
     }
 
@@ -157,6 +167,9 @@ impl Running {
         let idle = self.wait_idle(grace);
         self.shared.stop();
         self.back.wake();
+        if let Some(c) = self.checker.take() {
+            c.stop();
+        }
         if let Some(f) = self.front.take() {
             let _ = f.join();
         }

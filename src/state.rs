@@ -14,7 +14,8 @@ use crate::observe::access_log::{self, RequestCtx};
 use crate::observe::lookup::TargetLookup;
 use crate::observe::metrics::Metrics;
 use crate::policy::admission::Admission;
-use crate::policy::breaker::{Admit, Breaker, State, Transition, Verdict};
+use crate::policy::breaker::{Admit, Breaker, Probe, State, Transition, Verdict};
+use crate::policy::health::{CheckResult, CheckSettings, CheckView};
 use crate::policy::outcome::Finished;
 use crate::policy::retry::RetryBudget;
 
@@ -42,11 +43,13 @@ impl Shared {
     pub fn new(config: Config) -> Self {
         let now = Instant::now();
         let admission = Admission::new(config.max_concurrent_requests, config.max_queue_size);
+        let mut breaker = Breaker::new(
+            config.circuit_breaker_threshold,
+            config.circuit_breaker_timeout,
+        );
+        breaker.set_checks(check_settings(&config), now);
         Shared {
-            breaker: Mutex::new(Breaker::new(
-                config.circuit_breaker_threshold,
-                config.circuit_breaker_timeout,
-            )),
+            breaker: Mutex::new(breaker),
             budget: Mutex::new(RetryBudget::standard(now)),
             admission,
             workers: config.max_concurrent_requests,
@@ -71,9 +74,12 @@ impl Shared {
         let old = self.config();
         let mut kept = new;
         let fixed = kept.keep_restart_only(&old);
-        self.breaker
-            .lock()
-            .reconfigure(kept.circuit_breaker_threshold, kept.circuit_breaker_timeout);
+        let t = {
+            let mut b = self.breaker.lock();
+            b.reconfigure(kept.circuit_breaker_threshold, kept.circuit_breaker_timeout);
+            b.set_checks(check_settings(&kept), Instant::now())
+        };
+        self.note(t);
         crate::observe::log::set_level(kept.log_level);
         let kept = Arc::new(kept);
         *self.config.write() = kept.clone();
@@ -115,10 +121,10 @@ impl Shared {
         self.breaker.lock().open_for(Instant::now())
     }
 
-    /// Reports, once, what an admitted request tells the breaker (`probe`: it is the half-open
-    /// probe). Dropped unreported (an early refusal, a panic), it reports `Neutral`, so a probe
-    /// slot is never left taken.
-    pub fn verdict_report(&self, probe: bool) -> VerdictReport<'_> {
+    /// Reports, once, what an admitted request tells the breaker (`probe`: the half-open probe
+    /// it is, if it is one). Dropped unreported (an early refusal, a panic), it reports
+    /// `Neutral`, so a probe slot is never left taken.
+    pub fn verdict_report(&self, probe: Option<Probe>) -> VerdictReport<'_> {
         VerdictReport {
             shared: self,
             probe,
@@ -126,8 +132,24 @@ impl Shared {
         }
     }
 
+    /// Counts one health check's result (README "Health checks"); `fall` failures in a row
+    /// open the breaker, `rise` passes close it.
+    pub fn record_check(&self, result: CheckResult, latency: Duration) {
+        let counter = if result.passed() {
+            &self.metrics.health_checks_passed
+        } else {
+            &self.metrics.health_checks_failed
+        };
+        counter.fetch_add(1, Relaxed);
+        let t = self
+            .breaker
+            .lock()
+            .record_check(Instant::now(), result, latency);
+        self.note(t);
+    }
+
     /// Tells the breaker how an admitted request ended.
-    fn record_verdict(&self, verdict: Verdict, probe: bool) {
+    fn record_verdict(&self, verdict: Verdict, probe: Option<Probe>) {
         let t = self.breaker.lock().record(Instant::now(), verdict, probe);
         self.note(t);
     }
@@ -155,6 +177,7 @@ impl Shared {
             since_transition: b
                 .last_transition()
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            checks: b.checks(),
         }
     }
 
@@ -183,6 +206,17 @@ pub struct BreakerView {
     pub consecutive_failures: u32,
     pub times_opened: u64,
     pub since_transition: Option<f64>,
+    /// Health checks' state and last result; `None` while they are off.
+    pub checks: Option<CheckView>,
+}
+
+/// The check settings of `c`, `None` while `health_check_path` is empty (checks off).
+fn check_settings(c: &Config) -> Option<CheckSettings> {
+    (!c.health_check_path.is_empty()).then_some(CheckSettings {
+        rise: c.health_check_rise,
+        fall: c.health_check_fall,
+        interval: c.health_check_interval,
+    })
 }
 
 /// The breaker's verdict on one admitted request, reported as soon as it is known — when the
@@ -191,7 +225,7 @@ pub struct BreakerView {
 /// request past a verdict not yet recorded.
 pub struct VerdictReport<'a> {
     shared: &'a Shared,
-    probe: bool,
+    probe: Option<Probe>,
     sent: Option<Verdict>,
 }
 
@@ -207,7 +241,7 @@ impl VerdictReport<'_> {
             }
             Some(first) if first != Verdict::Failure && verdict == Verdict::Failure => {
                 self.sent = Some(verdict);
-                self.shared.record_verdict(verdict, false);
+                self.shared.record_verdict(verdict, None);
             }
             Some(_) => {}
         }

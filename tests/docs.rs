@@ -68,6 +68,15 @@ fn each_unwise_setting_prints_its_warning_and_still_exits_0() {
             &["--circuit-breaker-timeout", "0"],
             "circuit_breaker_timeout is 0",
         ),
+        (
+            &[
+                "--health-check-path",
+                "/health",
+                "--health-check-timeout",
+                "6",
+            ],
+            "health_check_timeout (6s) > health_check_interval (5s)",
+        ),
     ];
     for (args, warning) in cases {
         let mut all = vec![];

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -222,40 +220,6 @@ fn percentiles_of_a_known_delay_distribution() {
     near("p99_response_time", 0.100);
     near("min_response_time", 0.010);
     near("avg_response_time", 0.160 / 3.0);
-}
-
-fn parse_prometheus(text: &str) -> Value {
-    let mut child = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prom_check.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (test.sh installs prometheus_client)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus parser refused the text: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn sample(fams: &Value, family: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
-    fams[family]["samples"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no family {family}"))
-        .iter()
-        .find(|s| s[0] == name && label.is_none_or(|(k, v)| s[1][k] == v))
-        .unwrap_or_else(|| panic!("no sample {name} {label:?}"))[2]
-        .as_f64()
-        .unwrap()
 }
 
 #[test]

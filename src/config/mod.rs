@@ -156,6 +156,15 @@ impl Config {
                     .into(),
             );
         }
+        if !self.health_check_path.is_empty()
+            && self.health_check_timeout > self.health_check_interval
+        {
+            w.push(format!(
+                "health_check_timeout ({}s) > health_check_interval ({}s): failing checks run back to back, so a hung upstream is noticed after health_check_fall x health_check_timeout",
+                self.health_check_timeout.as_secs_f64(),
+                self.health_check_interval.as_secs_f64()
+            ));
+        }
         w
     }
 }
@@ -259,6 +268,9 @@ mod tests {
             ("queue_timeout", "abc", "queue_timeout"),
             ("target_scheme", "ftp", "target_scheme"),
             ("log_level", "loud", "log_level"),
+            ("health_check_path", "health", "health_check_path"),
+            ("health_check_path", "/a b", "health_check_path"),
+            ("health_check_rise", "0", "health_check_rise"),
         ];
         for (key, value, named) in cases {
             let mut c = Config::default();

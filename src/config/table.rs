@@ -9,7 +9,9 @@ use std::time::Duration;
 use argh::FromArgs;
 use serde_json::{Map, Value};
 
-use super::value::{Bool, Choice, ConfigError, Factor, Host, Int, Parse, Raw, Secs, ToJson};
+use super::value::{
+    Bool, Choice, ConfigError, Factor, Host, Int, OriginPath, Parse, Raw, Secs, ToJson,
+};
 use super::{LogLevel, Scheme};
 
 /// Writes out the table as types and functions. Each row:
@@ -167,6 +169,16 @@ settings! {
     circuit_breaker_threshold: u32 = 5, int(1, u32::MAX as i128, "a whole number >= 1"), reload, option(String);
     /// seconds the breaker stays open before a probe (default 60)
     circuit_breaker_timeout: Duration = Duration::from_secs(60), SECS_OR_ZERO, reload, option(String);
+    /// path of the upstream that sluice GETs on a new connection of its own to check it, e.g. /health: any status below 500 within health_check_timeout passes (a 404 too); empty, as by default, turns checks off
+    health_check_path: String = String::new(), OriginPath, reload, option(String);
+    /// seconds from the start of one health check to the start of the next (default 5)
+    health_check_interval: Duration = Duration::from_secs(5), SECS, reload, option(String);
+    /// seconds a health check may take to get its response head (default 5)
+    health_check_timeout: Duration = Duration::from_secs(5), SECS, reload, option(String);
+    /// passing health checks in a row that close the open breaker (default 2)
+    health_check_rise: u32 = 2, int(1, 1000, "a whole number 1-1000"), reload, option(String);
+    /// failing health checks in a row that open the breaker (default 3)
+    health_check_fall: u32 = 3, int(1, 1000, "a whole number 1-1000"), reload, option(String);
     /// idle upstream connections kept for reuse (default 50)
     pool_maxsize: usize = 50, int(0, 100_000, "a whole number 0-100000"), reload, option(String);
     /// accepted for compatibility; one upstream means one pool (default 20)

@@ -165,6 +165,25 @@ impl Parse<String> for Host {
     }
 }
 
+/// The path (and query) of a request sluice sends itself, in origin form (`/health`,
+/// `/status?deep=1`), or empty for none: visible ASCII only, so it is sent as written.
+pub struct OriginPath;
+
+impl Parse<String> for OriginPath {
+    fn parse(&self, key: &str, raw: &Raw) -> Result<String, ConfigError> {
+        let p = raw.as_str().ok_or_else(|| raw.expected(key, "a string"))?;
+        let valid = p.is_empty()
+            || (p.starts_with('/') && p.len() <= 2048 && p.bytes().all(|b| b.is_ascii_graphic()));
+        if !valid {
+            return Err(err(
+                key,
+                format!("expected a path starting with / (no spaces), or \"\" for none, got {p:?}"),
+            ));
+        }
+        Ok(p.to_string())
+    }
+}
+
 /// An enum setting spelled as one of its names.
 pub trait Named: Sized + Copy + 'static {
     const ALL: &'static [Self];

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -12,6 +13,7 @@ use crate::http::write::Simple;
 use crate::observe::lookup::Lookup;
 use crate::policy::breaker::State;
 use crate::policy::connection::keep_alive;
+use crate::policy::health::{CheckView, Health};
 use crate::policy::route::{path_only, HEALTH, METRICS};
 use crate::state::Shared;
 
@@ -73,6 +75,7 @@ pub fn health(shared: &Shared, queued: usize) -> (u16, Value) {
         "circuit_state": b.state.as_str(),
         "active_requests": active(shared),
         "queue_size": queued,
+        "health_check": check_json(b.checks),
     });
     target_lookup(shared, &mut v);
     (200, v)
@@ -90,6 +93,19 @@ fn target_lookup(shared: &Shared, v: &mut Value) {
     if let Some(e) = error {
         v["target_error"] = Value::String(e);
     }
+}
+
+/// The health checks' state and last result (README "Health checks"); `state` is `off`,
+/// `healthy` or `unhealthy`, the rest `null` until a check has ended.
+fn check_json(checks: Option<CheckView>) -> Value {
+    let last = checks.and_then(|c| c.last);
+    json!({
+        "state": checks.map_or("off", |c| c.health.as_str()),
+        "last_status": last.and_then(|l| l.result.status()),
+        "last_error": last.and_then(|l| l.result.error()),
+        "last_latency": last.map(|l| l.latency.as_secs_f64()),
+        "seconds_since_last": last.map(|l| l.at.elapsed().as_secs_f64()),
+    })
 }
 
 fn active(shared: &Shared) -> u64 {
@@ -116,6 +132,7 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
     };
     let active = active(shared);
     let qw = m.queue_wait();
+    let hc = check_json(b.checks);
     json!({
         "status": if shared.draining() { "draining" } else { "running" },
         "uptime_seconds": m.uptime().as_secs_f64(),
@@ -153,6 +170,13 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "consecutive_failures": b.consecutive_failures,
             "circuit_times_opened": b.times_opened,
             "seconds_since_circuit_transition": b.since_transition,
+            "health_check_state": hc["state"],
+            "health_check_last_status": hc["last_status"],
+            "health_check_last_error": hc["last_error"],
+            "health_check_last_latency": hc["last_latency"],
+            "seconds_since_health_check": hc["seconds_since_last"],
+            "health_checks_passed": m.health_checks_passed.load(Relaxed),
+            "health_checks_failed": m.health_checks_failed.load(Relaxed),
             "outcomes": c
                 .by_label
                 .iter()
@@ -167,9 +191,7 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
 pub fn prometheus(shared: &Shared, queued: usize) -> String {
     let m = &shared.metrics;
     let mut o = String::with_capacity(4096);
-    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
+    let head = self::head;
     head(
         &mut o,
         "sluice_requests_total",
@@ -275,6 +297,7 @@ pub fn prometheus(shared: &Shared, queued: usize) -> String {
         let to = ["closed", "open", "half_open"][i];
         let _ = writeln!(o, "sluice_circuit_transitions_total{{to=\"{to}\"}} {n}");
     }
+    health_checks(&mut o, shared, &b.checks);
     head(
         &mut o,
         "sluice_worker_panics_total",
@@ -287,4 +310,65 @@ pub fn prometheus(shared: &Shared, queued: usize) -> String {
         m.worker_panics.load(Relaxed)
     );
     o
+}
+
+fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The health-check families: whether checks are on, what they say, the last one's duration
+/// and time, and the count of checks by result.
+fn health_checks(o: &mut String, shared: &Shared, checks: &Option<CheckView>) {
+    let m = &shared.metrics;
+    let last = checks.and_then(|c| c.last);
+    let at = last.map_or(0.0, |l| {
+        let ago = Instant::now().saturating_duration_since(l.at);
+        SystemTime::now()
+            .checked_sub(ago)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    });
+    let up = checks.is_some_and(|c| c.health == Health::Healthy);
+    let gauges: [(&str, &str, f64); 4] = [
+        (
+            "sluice_health_check_enabled",
+            "Health checks are on (health_check_path set): 1, else 0.",
+            f64::from(u8::from(checks.is_some())),
+        ),
+        (
+            "sluice_health_check_up",
+            "What the health checks say: 1 healthy, 0 unhealthy or checks off.",
+            f64::from(u8::from(up)),
+        ),
+        (
+            "sluice_health_check_last_duration_seconds",
+            "How long the last health check took (0 before the first).",
+            last.map_or(0.0, |l| l.latency.as_secs_f64()),
+        ),
+        (
+            "sluice_health_check_last_timestamp_seconds",
+            "Unix time the last health check ended (0 before the first).",
+            at,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        head(o, name, "gauge", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    head(
+        o,
+        "sluice_health_checks_total",
+        "counter",
+        "Health checks by result: pass (a status below 500 in time) or fail.",
+    );
+    for (result, n) in [
+        ("pass", &m.health_checks_passed),
+        ("fail", &m.health_checks_failed),
+    ] {
+        let _ = writeln!(
+            o,
+            "sluice_health_checks_total{{result=\"{result}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
 }

@@ -133,6 +133,9 @@ pub struct Metrics {
     pub client_connections: AtomicI64,
     pub active_requests: AtomicI64,
     pub worker_panics: AtomicU64,
+    /// Health checks that passed and that failed (README "Health checks").
+    pub health_checks_passed: AtomicU64,
+    pub health_checks_failed: AtomicU64,
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_sum_us: AtomicU64,
     latency: Sharded,
@@ -185,6 +188,8 @@ impl Metrics {
             client_connections: AtomicI64::new(0),
             active_requests: AtomicI64::new(0),
             worker_panics: AtomicU64::new(0),
+            health_checks_passed: AtomicU64::new(0),
+            health_checks_failed: AtomicU64::new(0),
             duration_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             duration_sum_us: AtomicU64::new(0),
             latency: Sharded::new(),

@@ -1,10 +1,20 @@
-//! The circuit breaker (README "What sluice does with a request"): a state machine with an injected clock and no I/O.
+//! The circuit breaker (README "What sluice does with a request", "Health checks"): a state
+//! machine with an injected clock and no I/O.
 //!
 //! closed → open after `threshold` consecutive failed requests; open → half-open after `open_for`;
-//! half-open lets exactly one probe through; the probe's success closes it, its failure re-opens
-//! it. The caller holds it behind a mutex and reports every admitted request's verdict.
+//! half-open lets exactly one probe through: its success closes it, its failure re-opens it. The
+//! others are refused while the probe is out, for at most `open_for`: past that the probe is
+//! overdue and every request goes through again (a slow probe never keeps a healthy upstream
+//! refused); the first success closes it, the probe's failure or `threshold` failures re-open it.
+//!
+//! With health checks on (`set_checks`) the checks are the probe: `fall` failed checks open it
+//! whatever its state, it stays open (no half-open, no client request as probe) until `rise`
+//! passing checks close it; the counting is `health.rs`. The caller holds it behind a mutex and
+//! reports every admitted request's verdict.
 
 use std::time::{Duration, Instant};
+
+use super::health::{CheckResult, CheckSettings, CheckView, Checks, Health, Signal};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -32,15 +42,30 @@ impl State {
     }
 }
 
+/// One half-open probe, never reused: a verdict reported for an earlier probe (one that was
+/// still out when the breaker moved on) is not taken for the current one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe(u64);
+
 /// What the breaker says about one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
-    /// Closed: go ahead.
+    /// Closed (or half-open with its probe overdue): go ahead.
     Pass,
-    /// Half-open: go ahead as the one probe; report its verdict with `probe = true`.
-    Probe,
+    /// Half-open: go ahead as the one probe; report its verdict with this `Probe`.
+    Probe(Probe),
     /// Open (or a probe is already out): answer 503 now; `retry_after` until the next probe.
     Reject { retry_after: Duration },
+}
+
+impl Admit {
+    /// The probe this request is, if it is one.
+    pub fn probe(self) -> Option<Probe> {
+        match self {
+            Admit::Probe(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// How an admitted request ended, as the breaker sees it.
@@ -60,16 +85,23 @@ pub struct Transition {
     pub to: State,
 }
 
+/// While half-open with nothing better to say: `Retry-After` for a refused request.
+const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
     open_for: Duration,
     state: State,
     opened_at: Option<Instant>,
-    probe_out: bool,
+    /// The probe out and when it went; only while half-open.
+    probe_out: Option<(Probe, Instant)>,
+    probes: u64,
     consecutive_failures: u32,
     times_opened: u64,
     last_transition: Option<Instant>,
+    /// Health checks, when `health_check_path` is set.
+    checks: Option<Checks>,
 }
 
 impl Breaker {
@@ -79,10 +111,12 @@ impl Breaker {
             open_for,
             state: State::Closed,
             opened_at: None,
-            probe_out: false,
+            probe_out: None,
+            probes: 0,
             consecutive_failures: 0,
             times_opened: 0,
             last_transition: None,
+            checks: None,
         }
     }
 
@@ -92,20 +126,81 @@ impl Breaker {
         self.open_for = open_for;
     }
 
-    /// The state as of `now` (open turns half-open once its time is up).
+    /// Turns health checks on (`Some`), changes their settings, or turns them off. Turned on
+    /// while the breaker is not closed, the checks take over as its probe: half-open becomes
+    /// open again, and `rise` passing checks are needed to close it.
+    pub fn set_checks(
+        &mut self,
+        settings: Option<CheckSettings>,
+        now: Instant,
+    ) -> Option<Transition> {
+        let Some(settings) = settings else {
+            self.checks = None;
+            return None;
+        };
+        if let Some(c) = &mut self.checks {
+            c.reconfigure(settings);
+            return None;
+        }
+        let health = match self.state {
+            State::Closed => Health::Healthy,
+            State::Open | State::HalfOpen => Health::Unhealthy,
+        };
+        self.checks = Some(Checks::new(settings, health));
+        (self.state == State::HalfOpen)
+            .then(|| self.go(State::Open, now))
+            .flatten()
+    }
+
+    /// Counts one health check's result (ignored while checks are off); `fall` failures in a
+    /// row open the breaker, `rise` passes in a row close it.
+    pub fn record_check(
+        &mut self,
+        now: Instant,
+        result: CheckResult,
+        latency: Duration,
+    ) -> Option<Transition> {
+        let signal = self.checks.as_mut()?.record(now, result, latency)?;
+        match signal {
+            Signal::Down if self.state != State::Open => self.open(now),
+            Signal::Up if self.state != State::Closed => self.go(State::Closed, now),
+            _ => None,
+        }
+    }
+
+    /// The checks' state and last result; `None` while checks are off.
+    pub fn checks(&self) -> Option<CheckView> {
+        self.checks.as_ref().map(Checks::view)
+    }
+
+    /// The state as of `now` (open turns half-open once its time is up, unless checks decide).
     pub fn state(&self, now: Instant) -> State {
         match (self.state, self.opened_at) {
-            (State::Open, Some(t)) if now >= t + self.open_for => State::HalfOpen,
+            (State::Open, Some(t)) if self.checks.is_none() && now >= t + self.open_for => {
+                State::HalfOpen
+            }
             (s, _) => s,
         }
     }
 
-    /// True while the breaker refuses requests: open, or half-open with its probe out.
+    /// True while the probe out may still be waited for (it went less than `open_for` ago).
+    fn probe_exclusive(&self, now: Instant) -> bool {
+        self.probe_out
+            .is_some_and(|(_, sent)| now < sent + self.open_for)
+    }
+
+    /// True while half-open and the probe has been out for `open_for`: every request passes.
+    fn probe_overdue(&self, now: Instant) -> bool {
+        self.probe_out.is_some() && !self.probe_exclusive(now)
+    }
+
+    /// True while the breaker refuses requests: open, or half-open with its probe out (for at
+    /// most `open_for`).
     pub fn refusing(&self, now: Instant) -> bool {
         match self.state(now) {
             State::Closed => false,
-            State::Open => self.open_for(now).is_some(),
-            State::HalfOpen => self.probe_out,
+            State::Open => true,
+            State::HalfOpen => self.probe_exclusive(now),
         }
     }
 
@@ -121,281 +216,123 @@ impl Breaker {
         self.last_transition
     }
 
-    /// While open and before its time is up: how long until the probe. Read-only, so callers can
-    /// shed a request before queueing it; `admit` still decides for everything else.
+    /// While open: how long until a request may pass (the probe, or with checks on the
+    /// earliest `rise` passing checks could close it). Read-only, so callers can shed a
+    /// request before queueing it; `admit` still decides for everything else.
     pub fn open_for(&self, now: Instant) -> Option<Duration> {
-        match (self.state, self.opened_at) {
-            (State::Open, Some(t)) if now < t + self.open_for => Some(t + self.open_for - now),
-            _ => None,
+        if self.state(now) != State::Open {
+            return None;
+        }
+        match (&self.checks, self.opened_at) {
+            (Some(c), _) => Some(c.time_to_rise()),
+            (None, Some(t)) => Some(t + self.open_for - now),
+            (None, None) => Some(HALF_OPEN_RETRY),
         }
     }
 
     /// Asks to send one request upstream. Returns the decision and any state change it caused.
     pub fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
-        match self.state {
+        match self.state(now) {
             State::Closed => (Admit::Pass, None),
             State::Open => {
-                let until = self.opened_at.map_or(now, |t| t + self.open_for);
-                if now < until {
-                    return (
-                        Admit::Reject {
-                            retry_after: until - now,
-                        },
-                        None,
-                    );
-                }
-                let t = self.go(State::HalfOpen, now);
-                self.probe_out = true;
-                (Admit::Probe, t)
+                let retry_after = self.open_for(now).unwrap_or(HALF_OPEN_RETRY);
+                (Admit::Reject { retry_after }, None)
             }
-            State::HalfOpen if !self.probe_out => {
-                self.probe_out = true;
-                (Admit::Probe, None)
+            State::HalfOpen => {
+                let t = if self.state == State::Open {
+                    self.go(State::HalfOpen, now)
+                } else {
+                    None
+                };
+                let admit = if self.probe_out.is_none() {
+                    self.probes += 1;
+                    let probe = Probe(self.probes);
+                    self.probe_out = Some((probe, now));
+                    Admit::Probe(probe)
+                } else if self.probe_exclusive(now) {
+                    Admit::Reject {
+                        retry_after: HALF_OPEN_RETRY,
+                    }
+                } else {
+                    Admit::Pass
+                };
+                (admit, t)
             }
-            State::HalfOpen => (
-                Admit::Reject {
-                    retry_after: Duration::from_secs(1),
-                },
-                None,
-            ),
         }
     }
 
     /// As `admit`, for a request that may not be the probe (`may_probe` false: its body is still
     /// to come from the client, which could hold the breaker half-open at the client's pace):
-    /// while half-open it is refused and the probe slot stays free for another request.
+    /// while half-open it is refused and the probe slot stays free for another request — unless
+    /// the probe is overdue and every request passes.
     pub fn admit_as(&mut self, now: Instant, may_probe: bool) -> (Admit, Option<Transition>) {
-        if !may_probe && self.state(now) == State::HalfOpen {
-            let retry_after = Duration::from_secs(1);
+        if !may_probe && self.state(now) == State::HalfOpen && !self.probe_overdue(now) {
+            let retry_after = HALF_OPEN_RETRY;
             return (Admit::Reject { retry_after }, None);
         }
         self.admit(now)
     }
 
-    /// Reports how an admitted request ended.
-    pub fn record(&mut self, now: Instant, verdict: Verdict, probe: bool) -> Option<Transition> {
-        if probe {
-            self.probe_out = false;
+    /// Reports how an admitted request ended (`probe`: the probe it was, if it was one).
+    pub fn record(
+        &mut self,
+        now: Instant,
+        verdict: Verdict,
+        probe: Option<Probe>,
+    ) -> Option<Transition> {
+        let current = probe.is_some() && probe == self.probe_out.map(|(p, _)| p);
+        let overdue = self.state == State::HalfOpen && self.probe_overdue(now);
+        if current {
+            self.probe_out = None;
         }
         match verdict {
             Verdict::Neutral => None,
             Verdict::Success => {
                 self.consecutive_failures = 0;
-                if probe && self.state == State::HalfOpen {
+                if self.state == State::HalfOpen && (current || overdue) {
                     return self.go(State::Closed, now);
                 }
                 None
             }
             Verdict::Failure => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                let reopen = probe && self.state == State::HalfOpen;
-                let trip =
-                    self.state == State::Closed && self.consecutive_failures >= self.threshold;
-                if reopen || trip {
-                    self.opened_at = Some(now);
-                    self.times_opened += 1;
-                    return self.go(State::Open, now);
+                let reopen = current && self.state == State::HalfOpen;
+                let counting = self.state == State::Closed || overdue;
+                if reopen || (counting && self.consecutive_failures >= self.threshold) {
+                    return self.open(now);
                 }
                 None
             }
         }
     }
 
+    fn open(&mut self, now: Instant) -> Option<Transition> {
+        self.opened_at = Some(now);
+        self.times_opened += 1;
+        if let Some(c) = &mut self.checks {
+            c.suspect();
+        }
+        self.go(State::Open, now)
+    }
+
     fn go(&mut self, to: State, now: Instant) -> Option<Transition> {
         let from = self.state;
         self.state = to;
         self.last_transition = Some(now);
-        if to == State::Closed {
-            self.consecutive_failures = 0;
-            self.opened_at = None;
+        match to {
+            State::Closed => {
+                self.consecutive_failures = 0;
+                self.opened_at = None;
+                self.probe_out = None;
+            }
+            State::Open => self.probe_out = None,
+            // The probe's and the overdue requests' failures are counted afresh.
+            State::HalfOpen => self.consecutive_failures = 0,
         }
         (from != to).then_some(Transition { from, to })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t0() -> Instant {
-        Instant::now()
-    }
-
-    #[test]
-    fn breaker_opens_after_threshold_consecutive_failures() {
-        let now = t0();
-        let mut b = Breaker::new(3, Duration::from_secs(60));
-        for _ in 0..2 {
-            assert_eq!(b.admit(now).0, Admit::Pass);
-            assert_eq!(b.record(now, Verdict::Failure, false), None);
-        }
-        b.record(now, Verdict::Success, false);
-        assert_eq!(b.consecutive_failures(), 0, "a success resets the count");
-        for _ in 0..2 {
-            b.record(now, Verdict::Failure, false);
-        }
-        let t = b.record(now, Verdict::Failure, false);
-        assert_eq!(
-            t,
-            Some(Transition {
-                from: State::Closed,
-                to: State::Open
-            })
-        );
-        assert_eq!(b.state(now), State::Open);
-        assert_eq!(b.times_opened(), 1);
-    }
-
-    #[test]
-    fn neutral_outcomes_do_not_count() {
-        let now = t0();
-        let mut b = Breaker::new(2, Duration::from_secs(60));
-        b.record(now, Verdict::Failure, false);
-        b.record(now, Verdict::Neutral, false);
-        assert_eq!(b.consecutive_failures(), 1);
-        assert_eq!(b.state(now), State::Closed);
-    }
-
-    #[test]
-    fn open_rejects_with_time_until_half_open() {
-        let now = t0();
-        let mut b = Breaker::new(1, Duration::from_secs(60));
-        b.record(now, Verdict::Failure, false);
-        let later = now + Duration::from_secs(20);
-        assert_eq!(
-            b.admit(later).0,
-            Admit::Reject {
-                retry_after: Duration::from_secs(40)
-            }
-        );
-    }
-
-    #[test]
-    fn a_request_whose_body_is_still_to_come_is_never_the_probe() {
-        let now = t0();
-        let mut b = Breaker::new(1, Duration::from_secs(10));
-        b.record(now, Verdict::Failure, false);
-        let later = now + Duration::from_secs(11);
-        assert!(matches!(b.admit_as(later, false).0, Admit::Reject { .. }));
-        assert_eq!(
-            b.admit_as(later, true).0,
-            Admit::Probe,
-            "the slot stayed free"
-        );
-        let mut closed = Breaker::new(1, Duration::from_secs(10));
-        assert_eq!(closed.admit_as(now, false).0, Admit::Pass);
-    }
-
-    #[test]
-    fn refusing_while_open_and_while_the_probe_is_out() {
-        let now = t0();
-        let mut b = Breaker::new(1, Duration::from_secs(10));
-        assert!(!b.refusing(now));
-        b.record(now, Verdict::Failure, false);
-        assert!(b.refusing(now));
-        let later = now + Duration::from_secs(11);
-        assert!(!b.refusing(later), "half-open, the probe slot free");
-        assert_eq!(b.admit(later).0, Admit::Probe);
-        assert!(b.refusing(later), "half-open, the probe out");
-    }
-
-    #[test]
-    fn open_for_reports_time_left_only_while_open() {
-        let now = t0();
-        let mut b = Breaker::new(1, Duration::from_secs(10));
-        assert_eq!(b.open_for(now), None);
-        b.record(now, Verdict::Failure, false);
-        assert_eq!(
-            b.open_for(now + Duration::from_secs(4)),
-            Some(Duration::from_secs(6))
-        );
-        assert_eq!(
-            b.open_for(now + Duration::from_secs(10)),
-            None,
-            "time for a probe: admit decides"
-        );
-    }
-
-    #[test]
-    fn half_open_lets_exactly_one_probe_through() {
-        let now = t0();
-        let mut b = Breaker::new(1, Duration::from_secs(10));
-        b.record(now, Verdict::Failure, false);
-        let later = now + Duration::from_secs(10);
-        assert_eq!(b.state(later), State::HalfOpen);
-        let (a, t) = b.admit(later);
-        assert_eq!(a, Admit::Probe);
-        assert_eq!(
-            t,
-            Some(Transition {
-                from: State::Open,
-                to: State::HalfOpen
-            })
-        );
-        for _ in 0..5 {
-            assert!(matches!(b.admit(later).0, Admit::Reject { .. }));
-        }
-    }
-
-    #[test]
-    fn probe_success_closes_and_failure_reopens() {
-        let now = t0();
-        let mut b = Breaker::new(1, Duration::from_secs(10));
-        b.record(now, Verdict::Failure, false);
-        let t1 = now + Duration::from_secs(10);
-        assert_eq!(b.admit(t1).0, Admit::Probe);
-        assert_eq!(
-            b.record(t1, Verdict::Failure, true),
-            Some(Transition {
-                from: State::HalfOpen,
-                to: State::Open
-            })
-        );
-        assert!(matches!(
-            b.admit(t1 + Duration::from_secs(9)).0,
-            Admit::Reject { .. }
-        ));
-        let t2 = t1 + Duration::from_secs(10);
-        assert_eq!(b.admit(t2).0, Admit::Probe);
-        assert_eq!(
-            b.record(t2, Verdict::Success, true),
-            Some(Transition {
-                from: State::HalfOpen,
-                to: State::Closed
-            })
-        );
-        assert_eq!(b.admit(t2).0, Admit::Pass);
-        assert_eq!(b.consecutive_failures(), 0);
-        assert_eq!(b.times_opened(), 2);
-    }
-
-    #[test]
-    fn a_neutral_probe_frees_the_probe_slot() {
-        let now = t0();
-        let mut b = Breaker::new(1, Duration::ZERO);
-        b.record(now, Verdict::Failure, false);
-        assert_eq!(b.admit(now).0, Admit::Probe);
-        b.record(now, Verdict::Neutral, true);
-        assert_eq!(b.admit(now).0, Admit::Probe);
-    }
-
-    #[test]
-    fn one_probe_under_concurrent_callers() {
-        use std::sync::{Arc, Mutex};
-        let now = t0();
-        let b = Arc::new(Mutex::new(Breaker::new(1, Duration::ZERO)));
-        b.lock().unwrap().record(now, Verdict::Failure, false);
-        let probes: usize = (0..8)
-            .map(|_| {
-                let b = b.clone();
-                std::thread::spawn(move || {
-                    (0..100)
-                        .filter(|_| b.lock().unwrap().admit(now).0 == Admit::Probe)
-                        .count()
-                })
-            })
-            .map(|h| h.join().unwrap())
-            .sum();
-        assert_eq!(probes, 1);
-    }
-}
+#[path = "breaker_tests.rs"]
+mod tests;

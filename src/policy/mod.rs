@@ -5,7 +5,8 @@
 //! - `reason`: the words for how a request ends; `outcome`: the one classification by origin.
 //! - `refusal`: refuse without forwarding (draining, queue time, breaker) and `Retry-After`.
 //! - `admission`: the bound on requests in the system (workers + queue).
-//! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget.
+//! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget; `health`: what a
+//!   health check's result means and the rise/fall counting the breaker acts on.
 //! - `route`: which requests sluice answers itself and which go upstream.
 //! - `headers`: what crosses sluice in each direction; `connection`: the keep-alive rule.
 
@@ -13,6 +14,7 @@ pub mod admission;
 pub mod breaker;
 pub mod connection;
 pub mod headers;
+pub mod health;
 pub mod outcome;
 pub mod reason;
 pub mod refusal;

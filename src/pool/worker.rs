@@ -165,7 +165,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
         }
         Ok(a) => {
             let upstream = pool.upstream.get();
-            let probe = a == Admit::Probe;
+            let probe = a.probe();
             let watched = cfg.abort_on_client_close.then(|| Current::set(&cancel));
             let x = Exchange {
                 shared,
@@ -173,7 +173,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
                 upstream: &upstream,
                 head: &head,
                 request_id: rid,
-                probe,
+                probe: probe.is_some(),
                 cancel: watched.as_ref().map(|_| &*cancel),
             };
             let mut verdict = shared.verdict_report(probe);

@@ -301,6 +301,48 @@ pub fn metrics(addr: SocketAddr) -> serde_json::Value {
     get(addr, "/proxy-metrics").json()["metrics"].clone()
 }
 
+/// Parses Prometheus text with the official parser (`tests/prom_check.py`): the families as
+/// JSON, `{name: {"type", "samples": [[name, labels, value]…]}}`.
+pub fn parse_prometheus(text: &str) -> serde_json::Value {
+    let mut child = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prom_check.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (test.sh installs prometheus_client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus parser refused the text: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of one sample of a parsed family.
+pub fn sample(
+    fams: &serde_json::Value,
+    family: &str,
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> f64 {
+    fams[family]["samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no family {family}"))
+        .iter()
+        .find(|s| s[0] == name && label.is_none_or(|(k, v)| s[1][k] == v))
+        .unwrap_or_else(|| panic!("no sample {name} {label:?}"))[2]
+        .as_f64()
+        .unwrap()
+}
+
 /// A `sluice` process; killed when dropped.
 pub struct Proc {
     pub child: Child,

@@ -17,6 +17,10 @@
 //!
 //! `/__upstream/fail?status=N` makes every later request answer N (`status=0` clears it);
 //! `/__upstream/delay?ms=N` delays every later request; `/__upstream/stats` gives counts.
+//! `/__upstream/hang?on=1` (`on=0` clears it) hangs every later request; `/__upstream/health?status=N`
+//! makes `/health` answer N (`status=0`: as any path). The same switches for a test that flips
+//! them while it runs: `set_fail`, `set_delay`, `set_hang` (every request is read and never
+//! answered: a hung upstream), `set_health`.
 //! Everything received is recorded for the tests (`received()`).
 
 use std::io::{self, Read, Write};
@@ -70,6 +74,10 @@ struct State {
     delay_ms: AtomicU64,
     /// `hang=1` requests whose connection sluice closed while the upstream held them.
     hangs_closed: AtomicU64,
+    /// Every request hangs (`set_hang`).
+    hang_all: AtomicBool,
+    /// The status `/health` answers (0: as any other path).
+    health_status: AtomicU64,
     record: AtomicBool,
     stopped: AtomicBool,
 }
@@ -141,6 +149,20 @@ impl TestUpstream {
     /// Every later request waits this long before its response.
     pub fn set_delay(&self, delay: Duration) {
         self.state.delay_ms.store(delay.as_millis() as u64, Relaxed);
+    }
+
+    /// `true`: every later request is read and never answered (a hung upstream: it accepts,
+    /// then says nothing until the peer closes, as `hang=1`); `false`: back to normal.
+    pub fn set_hang(&self, on: bool) {
+        self.state.hang_all.store(on, Relaxed);
+    }
+
+    /// `/health` (any query) answers `status` (None: as any other path). `set_fail` and
+    /// `set_hang` still apply to it.
+    pub fn set_health(&self, status: Option<u16>) {
+        self.state
+            .health_status
+            .store(status.map_or(0, u64::from), Relaxed);
     }
 }
 
@@ -268,7 +290,7 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
     if delay > 0 {
         std::thread::sleep(Duration::from_millis(delay));
     }
-    if flag("hang") {
+    if flag("hang") || state.hang_all.load(Relaxed) {
         if hang(conn) {
             state.hangs_closed.fetch_add(1, Relaxed);
         }
@@ -286,8 +308,11 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         return Ok(false);
     }
     let fail = state.fail_status.load(Relaxed) as u16;
+    let health = state.health_status.load(Relaxed) as u16;
     let status = if fail > 0 {
         fail
+    } else if health > 0 && head.path.split('?').next() == Some("/health") {
+        health
     } else {
         num("status").unwrap_or(200) as u16
     };
@@ -420,6 +445,11 @@ fn control(
     match path {
         "/__upstream/fail" => state.fail_status.store(status.unwrap_or(0), Relaxed),
         "/__upstream/delay" => state.delay_ms.store(ms.unwrap_or(0), Relaxed),
+        "/__upstream/hang" => {
+            let on = params(&head.target).contains(&("on".into(), "1".into()));
+            state.hang_all.store(on, Relaxed);
+        }
+        "/__upstream/health" => state.health_status.store(status.unwrap_or(0), Relaxed),
         _ => {}
     }
     let body = json!({
@@ -427,6 +457,8 @@ fn control(
         "connections": state.connections.load(Relaxed),
         "fail_status": state.fail_status.load(Relaxed),
         "delay_ms": state.delay_ms.load(Relaxed),
+        "hang": state.hang_all.load(Relaxed),
+        "health_status": state.health_status.load(Relaxed),
     })
     .to_string();
     write!(

@@ -19,7 +19,9 @@ use argh::FromArgs;
   garbage=1           a non-HTTP answer; big_header=N: a response header of N bytes
   drop_after=1        close after the response without saying so (a stale pooled connection)
 Control paths: /__upstream/fail?status=N (every later request answers N; 0 clears),
-/__upstream/delay?ms=N (every later request waits N ms), /__upstream/stats (counts).
+/__upstream/delay?ms=N (every later request waits N ms), /__upstream/hang?on=1 (every later
+request is never answered; on=0 clears), /__upstream/health?status=N (/health answers N; 0
+clears), /__upstream/stats (counts).
 Example: curl 'localhost:8080/x?delay_ms=500&status=503' through sluice.")]
 struct Args {
     /// listen address (default 127.0.0.1:9000; port 0 picks one and prints it)
