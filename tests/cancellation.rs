@@ -9,6 +9,7 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -269,7 +270,7 @@ fn well_behaved(rng: &mut Rng, tag: &str) -> (Vec<u8>, Vec<u8>) {
 
 /// A hostile client: a request it hangs up on, at a random moment.
 fn hostile(addr: SocketAddr, rng: &mut Rng, tag: &str) {
-    let (raw, wait) = match rng.range(0, 4) {
+    let (raw, wait) = match rng.range(0, 5) {
         // Before or during its body.
         0 => {
             let sent = rng.range(0, 500) as usize;
@@ -285,7 +286,7 @@ fn hostile(addr: SocketAddr, rng: &mut Rng, tag: &str) {
             (raw.into_bytes(), rng.range(0, 100))
         }
         // During a retry's back-off (or the upstream wait before it).
-        2 => {
+        2 | 3 => {
             let d = rng.range(0, 30);
             let raw = format!(
                 "GET /h?{tag}&status=503&body_bytes=0&delay_ms={d} HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -321,9 +322,14 @@ fn hostile_hang_ups_never_change_anyone_elses_answer() {
     let addr = s.addr();
     let until = Instant::now() + Duration::from_secs(25);
     let wrong = Arc::new(Mutex::new(Vec::new()));
+    // Hostile clients stop with the last well-behaved one: a 503 they are answered (a retry the
+    // budget refused) is an honest breaker failure, and with no one else's success between
+    // such failures the breaker would open.
+    let polite_running = Arc::new(AtomicUsize::new(8));
     let mut threads = Vec::new();
     for t in 0..8u64 {
         let wrong = wrong.clone();
+        let running = polite_running.clone();
         threads.push(std::thread::spawn(move || {
             let mut rng = Rng::new(100 + t);
             let keep_alive = t % 2 == 0;
@@ -333,26 +339,37 @@ fn hostile_hang_ups_never_change_anyone_elses_answer() {
                 let (raw, expect) = well_behaved(&mut rng, &format!("t={t}&n={n}"));
                 let c = conn.get_or_insert_with(|| Conn::open(addr));
                 c.send(&raw);
-                let ok = match c.response(false) {
-                    Some(r) => r.status == 200 && r.complete && r.body == expect,
-                    None => false,
+                let got = match c.response(false) {
+                    Some(r) if r.status == 200 && r.complete && r.body == expect => None,
+                    Some(r) => Some(format!(
+                        "{} complete={} {} of {} bytes {:?}",
+                        r.status,
+                        r.complete,
+                        r.body.len(),
+                        expect.len(),
+                        String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
+                    )),
+                    None => Some("no response".to_string()),
                 };
-                if !ok {
-                    wrong.lock().push(format!("t={t} n={n}"));
+                if let Some(got) = got {
+                    let head = String::from_utf8_lossy(&raw[..raw.len().min(90)]).into_owned();
+                    wrong.lock().push(format!("t={t} n={n}: {head:?} got {got}"));
                     conn = None;
                 } else if !keep_alive {
                     conn = None;
                 }
                 n += 1;
             }
+            running.fetch_sub(1, SeqCst);
             n
         }));
     }
     for t in 0..4u64 {
+        let running = polite_running.clone();
         threads.push(std::thread::spawn(move || {
             let mut rng = Rng::new(200 + t);
             let mut n = 0u64;
-            while n < 120 && Instant::now() < until {
+            while n < 120 && running.load(SeqCst) > 0 {
                 hostile(addr, &mut rng, &format!("h={t}&n={n}"));
                 n += 1;
             }
