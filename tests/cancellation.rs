@@ -224,17 +224,23 @@ fn a_hang_up_during_an_upstream_connect_abandons_it() {
         c.circuit_breaker_threshold = 1;
     });
     let addr = s.addr();
-    let c = send_only(addr, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(active(addr), 1, "sluice is connecting");
-    let gone = Instant::now();
-    drop(c);
-    let freed = eventually(Duration::from_secs(3), || active(addr) == 0);
-    let took = gone.elapsed();
-    eprintln!("hang-up during a connect -> worker free in {took:?}");
-    assert!(freed && took < Duration::from_millis(500), "{took:?}");
+    let requests: [&[u8]; 2] = [
+        b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    for raw in requests {
+        let c = send_only(addr, raw);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(active(addr), 1, "sluice is connecting");
+        let gone = Instant::now();
+        drop(c);
+        let freed = eventually(Duration::from_secs(3), || active(addr) == 0);
+        let took = gone.elapsed();
+        eprintln!("hang-up during a connect -> worker free in {took:?}");
+        assert!(freed && took < Duration::from_millis(500), "{took:?}");
+    }
     let m = metrics(addr);
-    assert_eq!(outcome(&m, "client_abort"), 1, "{m}");
+    assert_eq!(outcome(&m, "client_abort"), 2, "{m}");
     assert_eq!(outcome(&m, "connect_timeout"), 0, "{m}");
     assert_eq!(m["circuit_state"], "closed", "{m}");
     drop(fillers);

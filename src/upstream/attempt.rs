@@ -96,6 +96,9 @@ pub fn forward(
             x.cfg.client_min_rate,
         )));
     }
+    // A body all in the buffer already (the front end read it whole) needs nothing more from
+    // the client: its hang-up cancels even while the upstream connect runs.
+    let in_buffer = head.framing != Framing::None && conn.body_buffered(head.framing);
     let (mut reader, client) = conn.split();
     let expect_continue = head.expect_continue;
     let mut body = RequestBody::new(&mut reader, head.framing, x.cfg.max_body_bytes).on_first_read(
@@ -114,7 +117,7 @@ pub fn forward(
             return client_body_failed(conn, head, rid, fail);
         }
     };
-    if !matches!(payload, Payload::Streamed) {
+    if in_buffer || !matches!(payload, Payload::Streamed) {
         x.client_done();
     }
     x.shared.budget.lock().deposit();
