@@ -359,7 +359,9 @@ fn hostile_hang_ups_never_change_anyone_elses_answer() {
                 };
                 if let Some(got) = got {
                     let head = String::from_utf8_lossy(&raw[..raw.len().min(90)]).into_owned();
-                    wrong.lock().push(format!("t={t} n={n}: {head:?} got {got}"));
+                    wrong
+                        .lock()
+                        .push(format!("t={t} n={n}: {head:?} got {got}"));
                     conn = None;
                 } else if !keep_alive {
                     conn = None;
