@@ -103,8 +103,17 @@ impl Front {
         self.away[key] = Some(super::Away {
             stirred: entry.client.stirred.clone(),
             cancel: entry.client.cancel.clone(),
+            token: entry.client.token(),
         });
         Some(entry)
+    }
+
+    /// The epoll token of the connection at `key` now, held here or by a worker.
+    pub(super) fn token_of(&self, key: usize) -> Option<usize> {
+        match self.entries.get(key).and_then(Option::as_ref) {
+            Some(e) => Some(e.client.token()),
+            None => self.away.get(key).and_then(Option::as_ref).map(|a| a.token),
+        }
     }
 
     pub(super) fn entry(&mut self, key: usize) -> Option<&mut Entry> {
@@ -207,11 +216,11 @@ impl Front {
         let Some(e) = self.entries.get(key).and_then(Option::as_ref) else {
             return;
         };
-        let fd = e.client.io.stream().as_raw_fd();
+        let (fd, token) = (e.client.io.stream().as_raw_fd(), e.client.token());
         if self
             .poll
             .registry()
-            .reregister(&mut SourceFd(&fd), Token(key), interest)
+            .reregister(&mut SourceFd(&fd), Token(token), interest)
             .is_err()
         {
             self.close(key);

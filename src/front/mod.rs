@@ -34,7 +34,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::http::conn::{BodyPoll, ClientConn, HeadPoll};
 use crate::http::parse::HeadError;
 use crate::policy::reason::Reason;
-use crate::pool::handoff::{Back, Client, Job, Parked};
+use crate::pool::handoff::{token_key, Back, Client, Job, Parked};
 use crate::pool::queue::Queue;
 use crate::pool::slot::Slot;
 use crate::state::Shared;
@@ -56,6 +56,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
 struct Away {
     stirred: Arc<AtomicBool>,
     cancel: Arc<Cancel>,
+    /// The connection's epoll token (`Client::token`).
+    token: usize,
 }
 
 pub struct Front {
@@ -164,7 +166,11 @@ impl Front {
                         guarded(&shared, || self.accept());
                     }
                     WAKE => {}
-                    Token(key) => {
+                    Token(token) => {
+                        let key = token_key(token);
+                        if self.token_of(key) != Some(token) {
+                            continue; // for a connection closed since: its descriptor is reused
+                        }
                         // A socket watched for hang-ups only (a worker keeps it, `pool/keep.rs`)
                         // reports nothing else: an event neither readable nor writable is one.
                         let gone = ev.is_read_closed()
@@ -243,7 +249,7 @@ impl Front {
         if open as usize >= cfg.max_connections {
             return local::refuse_connection(&self.shared, client);
         }
-        let key = client.key();
+        let (key, token) = (client.key(), client.token());
         // The socket stays in blocking mode: the front end's reads and writes pass
         // `MSG_DONTWAIT` (`http::conn::recv_now`, `try_send`), a worker's block.
         let registered = self
@@ -251,7 +257,7 @@ impl Front {
             .registry()
             .register(
                 &mut SourceFd(&client.io.stream().as_raw_fd()),
-                Token(key),
+                Token(token),
                 Interest::READABLE,
             )
             .is_ok();

@@ -4,7 +4,7 @@
 //! docs/ARCHITECTURE.md "Who owns a connection when" draws the hand-offs.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,14 @@ use crate::http::parse::RequestHead;
 use crate::policy::admission::Ticket;
 use crate::state::{InProgress, Shared};
 use crate::upstream::cancel::Cancel;
+
+/// The next client connection's number (`Client::token`).
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// The descriptor (the front end's key) an epoll token names (`Client::token`).
+pub fn token_key(token: usize) -> usize {
+    token & 0xFFFF_FFFF
+}
 
 /// A client connection, wherever it is (the front end, the queue, a worker). Counted in the
 /// `client_connections` gauge until it is dropped, which closes it.
@@ -35,6 +43,8 @@ pub struct Client {
     pub kept: bool,
     /// When a worker last finished a response on it.
     pub last_done: Option<Instant>,
+    /// Never reused (its descriptor is): part of its epoll token (`token`).
+    id: u64,
     /// Its current request came promptly after its previous response (`pool/keep.rs`).
     pub prompt: bool,
 }
@@ -52,8 +62,17 @@ impl Client {
             kept: false,
             last_done: None,
             prompt: false,
+            id: NEXT_CONNECTION.fetch_add(1, Relaxed),
         };
         (client, before)
+    }
+
+    /// The connection's epoll token: its descriptor in the low 32 bits, the low 32 bits of its
+    /// number above (on 64-bit targets). An event is thus matched to the connection it was
+    /// for, never to a later one given the same descriptor while the event waited in a batch
+    /// (that one's request would be cancelled by the other's hang-up).
+    pub fn token(&self) -> usize {
+        (self.key() as u64 | (self.id << 32)) as usize
     }
 
     /// The front end's key for this connection: its file descriptor.
@@ -148,7 +167,7 @@ impl Back {
     fn watch(&self, client: &Client, events: u32) -> bool {
         let mut ev = libc::epoll_event {
             events,
-            u64: client.key() as u64,
+            u64: client.token() as u64,
         };
         // SAFETY: `epoll_ctl(2)` on the front end's epoll descriptor (a duplicate this `Back`
         // keeps open) for a socket `client` owns, with a pointer to a local event valid for

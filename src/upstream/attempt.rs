@@ -28,7 +28,7 @@ use crate::policy::reason::Reason;
 use crate::policy::retry;
 use crate::state::{Shared, VerdictReport};
 
-use super::cancel::Cancel;
+use super::cancel::{Attempt, Cancel};
 
 /// Size of the copy buffer each worker uses for response bodies.
 pub const COPY_BUFFER: usize = 32 * 1024;
@@ -59,10 +59,10 @@ impl Exchange<'_> {
     }
 }
 
-/// How the attempts ended: a response, a client body that broke, the client hung up, or the
-/// last attempt's failure.
+/// How the attempts ended: a response (with its attempt, which lasts while its body is read),
+/// a client body that broke, the client hung up, or the last attempt's failure.
 enum Attempts {
-    Response(http::Response<Body>),
+    Response(http::Response<Body>, Attempt),
     ClientBody,
     ClientGone,
     /// With what went wrong, in words, naming the upstream (`host:port: cause`).
@@ -97,6 +97,9 @@ pub fn forward(
             x.cfg.client_min_rate,
         )));
     }
+    // A body all in the buffer already (the front end read it whole) needs nothing more from
+    // the client: its hang-up cancels even while the upstream connect runs.
+    let in_buffer = head.framing != Framing::None && conn.body_buffered(head.framing);
     let (mut reader, client) = conn.split();
     let expect_continue = head.expect_continue;
     let mut body = RequestBody::new(&mut reader, head.framing, x.cfg.max_body_bytes).on_first_read(
@@ -115,7 +118,7 @@ pub fn forward(
             return client_body_failed(conn, head, rid, fail);
         }
     };
-    if !matches!(payload, Payload::Streamed) {
+    if in_buffer || !matches!(payload, Payload::Streamed) {
         x.client_done();
     }
     x.shared.budget.lock().deposit();
@@ -123,14 +126,15 @@ pub fn forward(
     let (body_done, bytes_in, body_failure) = (body.is_complete(), body.read, body.failure);
     drop(body);
     verdict.report(match &ended {
-        Attempts::Response(r) => Outcome::Upstream(r.status().as_u16()).verdict(),
+        Attempts::Response(r, _) => Outcome::Upstream(r.status().as_u16()).verdict(),
         Attempts::Failed(f, _) => f.verdict(),
         Attempts::ClientBody | Attempts::ClientGone => Verdict::Neutral,
     });
-    let relayed = matches!(ended, Attempts::Response(_));
+    let relayed = matches!(ended, Attempts::Response(..));
     let mut fin = match ended {
-        Attempts::Response(resp) => {
+        Attempts::Response(resp, attempt) => {
             let mut fin = relay(x, conn, resp, body_done, scratch);
+            drop(attempt); // after the body's reader: its socket is back in the pool or closed
             if x.cancelled() {
                 fin = Finished::new(Outcome::ClientAbort, false); // the upstream did not fail
             }
@@ -185,6 +189,8 @@ fn attempt_all(
     let ended = loop {
         attempts += 1;
         x.shared.metrics.upstream_attempts.fetch_add(1, Relaxed);
+        // Its sockets are attached to it until it is dropped: at the latest before a back-off.
+        let attempt = Attempt::begin();
         let t = Instant::now();
         let res = match payload {
             Payload::Empty => x.upstream.agent.run(with_body(template, ())),
@@ -208,7 +214,7 @@ fn attempt_all(
         }
         let gateway_error = |r: &http::Response<Body>| matches!(r.status().as_u16(), 502..=504);
         match res {
-            Ok(r) if !gateway_error(&r) => break Attempts::Response(r),
+            Ok(r) if !gateway_error(&r) => break Attempts::Response(r, attempt),
             _ => {}
         }
         let failure = match &res {
@@ -223,7 +229,7 @@ fn attempt_all(
         let Some(delay) = retry_delay(x, failure, attempts, replayable, body.read > 0, deadline)
         else {
             break match res {
-                Ok(r) => Attempts::Response(r),
+                Ok(r) => Attempts::Response(r, attempt),
                 Err(_) => Attempts::Failed(failure, detail),
             };
         };
@@ -231,8 +237,10 @@ fn attempt_all(
             "request_id={} attempt={attempts} failed ({detail}); retrying in {delay:?}",
             x.request_id
         );
-        drop(res);
-        crate::runnable::blocking(|| std::thread::sleep(delay));
+        drop((res, attempt));
+        if backoff(x, delay) {
+            break Attempts::ClientGone; // hung up during the back-off: no further attempt
+        }
     };
     if attempts > 1 {
         let m = &x.shared.metrics;
@@ -262,6 +270,17 @@ fn retry_delay(
         && Instant::now() + delay < deadline
         && x.shared.budget.lock().withdraw(Instant::now());
     go.then_some(delay)
+}
+
+/// Waits a retry's back-off; true if the client hung up meanwhile (the wait ends at once).
+fn backoff(x: &Exchange<'_>, delay: Duration) -> bool {
+    match x.cancel {
+        Some(cancel) => cancel.backoff(delay),
+        None => {
+            crate::runnable::blocking(|| std::thread::sleep(delay));
+            false
+        }
+    }
 }
 
 /// The client's body broke: 400/413 if it can still be told, else the request is abandoned.

@@ -1,36 +1,102 @@
 //! Cancelling an upstream exchange whose client has hung up (README "What can hold a worker").
 //! Each client connection has one `Cancel`. While a worker has the connection, the front end
-//! still watches its socket; a hang-up (`client_gone`) shuts down the upstream socket the worker
-//! is blocked on, so that its read returns at once — once the worker has said it expects nothing
-//! more from the client (`waiting`; before that, its own read of the body sees the hang-up).
-//! The worker names its exchange with `Current`; sluice's TCP transport, running on the worker
-//! thread, `attach`es the socket it uses to it.
+//! still watches its socket; a hang-up (`client_gone`) shuts down the upstream socket the
+//! worker's current attempt uses, so that its connect, write or read returns at once, and wakes
+//! a retry's back-off — once the worker has said it expects nothing more from the client
+//! (`waiting`; before that, its own read of the body sees the hang-up).
+//!
+//! Who may shut which socket down holds by construction:
+//! - every attempt has an identity that is never reused (`Attempt`, one global counter), and its
+//!   socket is attached to it while the attempt runs: the guard's `Drop` detaches it, before any
+//!   back-off and whether the attempt succeeded or not;
+//! - an upstream socket (`Line`) records the attempt that uses it, and is shut down for a
+//!   hang-up only if that attempt still owns it — checked under the socket's lock. The transport
+//!   detaches the socket whenever ureq asks whether it is fit for the pool (the moment it goes
+//!   back in, and again when it is taken out), so a socket in the pool, or in another
+//!   attempt's hands, belongs to no client that can hang up.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::SeqCst};
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use ureq::unversioned::transport::ShutdownHandle;
 
 const WAITING: u8 = 1;
 const HUNG_UP: u8 = 2;
 const CANCELLED: u8 = 4;
 
+/// The next attempt's identity; 0 means "no attempt".
+static NEXT_ATTEMPT: AtomicU64 = AtomicU64::new(1);
+
+/// An upstream socket, and the attempt that uses it now (0: none — idle, in the pool).
+#[derive(Debug)]
+pub struct Line {
+    stream: TcpStream,
+    owner: Mutex<u64>,
+}
+
+impl Line {
+    pub fn new(stream: TcpStream) -> Self {
+        Line {
+            stream,
+            owner: Mutex::new(0),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket is between requests: no client's hang-up may reach it.
+    pub fn detach(&self) {
+        *self.owner.lock() = 0;
+    }
+
+    fn claim(&self, attempt: u64) {
+        *self.owner.lock() = attempt;
+    }
+
+    /// Lets go of the socket if `attempt` still owns it.
+    fn release(&self, attempt: u64) {
+        let mut owner = self.owner.lock();
+        if *owner == attempt {
+            *owner = 0;
+        }
+    }
+
+    /// A hang-up: shuts the socket down only if `attempt` still owns it.
+    fn shutdown_for(&self, attempt: u64) {
+        let owner = self.owner.lock();
+        if *owner == attempt {
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// ureq's own shutdown (of the whole agent, `Agent`'s pool) reaches every socket.
+impl ShutdownHandle for Line {
+    fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
 /// One client connection's cancellation state, shared by the front end and the worker.
 #[derive(Default)]
 pub struct Cancel {
     state: AtomicU8,
-    /// Bumped for every request, so a transport knows when it must attach again.
-    request: AtomicU32,
-    socket: Mutex<Option<Arc<dyn ShutdownHandle>>>,
+    /// The socket the current attempt uses, and that attempt.
+    socket: Mutex<Option<(Weak<Line>, u64)>>,
+    /// Wakes a back-off wait when the client hangs up.
+    wake: Condvar,
 }
 
 impl Cancel {
     /// A new request on the connection: nothing is awaited or cancelled yet (a hang-up stays).
     fn reset(&self) {
         self.state.fetch_and(HUNG_UP, SeqCst);
-        self.request.fetch_add(1, SeqCst);
         *self.socket.lock() = None;
     }
 
@@ -39,6 +105,9 @@ impl Cancel {
         let before = self.state.fetch_or(HUNG_UP, SeqCst);
         if before & WAITING != 0 {
             self.cancel_now();
+        } else {
+            let _held = self.socket.lock();
+            self.wake.notify_all();
         }
     }
 
@@ -60,7 +129,7 @@ impl Cancel {
     /// in the pool): a hang-up from now on cancels nothing.
     pub fn upstream_done(&self) {
         self.state.fetch_and(!WAITING, SeqCst);
-        *self.socket.lock() = None;
+        self.detach(None);
     }
 
     /// True if the exchange was cancelled: its failure is the client's abort, not the upstream's.
@@ -68,25 +137,55 @@ impl Cancel {
         self.state.load(SeqCst) & CANCELLED != 0
     }
 
+    /// Waits `delay` (a retry's back-off) unless the client hangs up meanwhile. True if it did:
+    /// the request ends with no further attempt.
+    pub fn backoff(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        let mut held = self.socket.lock();
+        crate::runnable::blocking(|| {
+            while !self.hung_up() && !self.wake.wait_until(&mut held, until).timed_out() {}
+        });
+        self.hung_up()
+    }
+
     fn cancel_now(&self) {
         self.state.fetch_or(CANCELLED, SeqCst);
-        if let Some(socket) = self.socket.lock().take() {
-            socket.shutdown();
+        let mut socket = self.socket.lock();
+        if let Some((line, attempt)) = socket.take() {
+            if let Some(line) = line.upgrade() {
+                line.shutdown_for(attempt);
+            }
+        }
+        self.wake.notify_all();
+    }
+
+    /// `attempt` uses `line` now (which it owns already); shut it down at once if the exchange
+    /// was cancelled already.
+    fn attach(&self, line: &Arc<Line>, attempt: u64) {
+        let mut socket = self.socket.lock();
+        if self.cancelled() {
+            line.shutdown_for(attempt);
+        } else {
+            *socket = Some((Arc::downgrade(line), attempt));
         }
     }
 
-    /// The exchange uses `socket` now; shut it down at once if it was cancelled already.
-    fn attach(&self, socket: Arc<dyn ShutdownHandle>) {
-        if self.cancelled() {
-            socket.shutdown();
-        } else {
-            *self.socket.lock() = Some(socket);
+    /// Forgets the socket of `attempt` (of any attempt: `None`), which lets go of it.
+    fn detach(&self, attempt: Option<u64>) {
+        let mut socket = self.socket.lock();
+        if attempt.is_none() || socket.as_ref().map(|s| s.1) == attempt {
+            if let Some((line, attempt)) = socket.take() {
+                if let Some(line) = line.upgrade() {
+                    line.release(attempt);
+                }
+            }
         }
     }
 }
 
 thread_local! {
     static CURRENT: RefCell<Option<Arc<Cancel>>> = const { RefCell::new(None) };
+    static ATTEMPT: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The exchange this worker thread runs now. Dropped, it lets go of the upstream socket (which
@@ -108,19 +207,46 @@ impl Drop for Current {
     }
 }
 
-/// Which request a transport attached its socket for: (the `Cancel`'s address, its request).
-pub type Attached = (usize, u32);
+/// One attempt of the worker thread's current exchange: from `begin` to its drop, the sockets
+/// it connects, writes or reads are attached to it; dropped, its socket is detached — before a
+/// back-off, and before anything else can take that socket out of the pool.
+pub struct Attempt(u64);
 
-/// Called by the transport before each socket operation: attaches `socket` to this thread's
-/// current exchange unless it is attached for it already.
-pub fn attach_current(socket: &Arc<dyn ShutdownHandle>, attached: &mut Attached) {
+impl Attempt {
+    pub fn begin() -> Attempt {
+        let id = NEXT_ATTEMPT.fetch_add(1, Relaxed);
+        ATTEMPT.with(|a| a.set(id));
+        Attempt(id)
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        ATTEMPT.with(|a| {
+            if a.get() == self.0 {
+                a.set(0);
+            }
+        });
+        CURRENT.with(|c| {
+            if let Some(cancel) = c.borrow().as_ref() {
+                cancel.detach(Some(self.0));
+            }
+        });
+    }
+}
+
+/// Called by the transport before each socket operation (and right after a connect starts):
+/// attaches `line` to this thread's current attempt unless `attached` says it is already.
+pub fn attach_current(line: &Arc<Line>, attached: &mut u64) {
+    let attempt = ATTEMPT.with(Cell::get);
+    if attempt == 0 || *attached == attempt {
+        return;
+    }
     CURRENT.with(|c| {
         if let Some(cancel) = c.borrow().as_ref() {
-            let now = (Arc::as_ptr(cancel) as usize, cancel.request.load(SeqCst));
-            if *attached != now {
-                *attached = now;
-                cancel.attach(socket.clone());
-            }
+            *attached = attempt;
+            line.claim(attempt);
+            cancel.attach(line, attempt);
         }
     });
 }
@@ -128,69 +254,128 @@ pub fn attach_current(socket: &Arc<dyn ShutdownHandle>, attached: &mut Attached)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::io::Read;
+    use std::net::TcpListener;
 
-    #[derive(Default)]
-    struct Flag(AtomicBool);
-
-    impl std::fmt::Debug for Flag {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("Flag")
-        }
+    /// A connected loopback pair: the upstream socket as a `Line`, and its peer.
+    fn line() -> (Arc<Line>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (Arc::new(Line::new(s)), peer)
     }
 
-    impl ShutdownHandle for Flag {
-        fn shutdown(&self) {
-            self.0.store(true, SeqCst);
-        }
+    /// True once the peer sees the socket closed (shut down).
+    fn shut(peer: &mut TcpStream) -> bool {
+        peer.set_nonblocking(true).unwrap();
+        let r = peer.read(&mut [0u8; 1]);
+        peer.set_nonblocking(false).unwrap();
+        matches!(r, Ok(0))
     }
 
     #[test]
-    fn a_hang_up_while_waiting_shuts_the_upstream_socket_down() {
+    fn a_hang_up_while_waiting_shuts_the_attempts_socket_down() {
         let cancel = Arc::new(Cancel::default());
-        let socket = Arc::new(Flag::default());
+        let (line, mut peer) = line();
         let _current = Current::set(&cancel);
-        let mut attached = (0, 0);
-        attach_current(&(socket.clone() as Arc<dyn ShutdownHandle>), &mut attached);
+        let _attempt = Attempt::begin();
+        let mut attached = 0;
+        attach_current(&line, &mut attached);
         cancel.waiting();
-        assert!(!socket.0.load(SeqCst));
+        assert!(!shut(&mut peer));
         cancel.client_gone();
-        assert!(socket.0.load(SeqCst));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(shut(&mut peer));
         assert!(cancel.cancelled());
     }
 
     #[test]
     fn a_hang_up_before_waiting_cancels_only_when_the_worker_is_done_with_the_client() {
         let cancel = Arc::new(Cancel::default());
-        let socket = Arc::new(Flag::default());
+        let (line, mut peer) = line();
         let _current = Current::set(&cancel);
+        let _attempt = Attempt::begin();
         cancel.client_gone();
         assert!(
             !cancel.cancelled(),
             "the worker may still be reading the body"
         );
-        let mut attached = (0, 0);
-        attach_current(&(socket.clone() as Arc<dyn ShutdownHandle>), &mut attached);
+        let mut attached = 0;
+        attach_current(&line, &mut attached);
         cancel.waiting();
-        assert!(cancel.cancelled() && socket.0.load(SeqCst));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(cancel.cancelled() && shut(&mut peer));
+    }
+
+    /// The defect this design removes: identities made of an address and a per-connection count
+    /// were reused by the next connection, whose first request then never attached.
+    #[test]
+    fn every_attempt_attaches_even_on_a_new_connection_at_the_same_address() {
+        let (line, _peer) = line();
+        let mut attached = 0;
+        for _ in 0..3 {
+            let cancel = Arc::new(Cancel::default());
+            let _current = Current::set(&cancel);
+            let _attempt = Attempt::begin();
+            attach_current(&line, &mut attached);
+            assert!(cancel.socket.lock().is_some(), "attached");
+        }
     }
 
     #[test]
-    fn a_new_request_starts_uncancelled_and_attaches_again() {
+    fn an_ended_attempt_or_a_pooled_socket_is_never_shut_down_by_a_hang_up() {
+        let (line, mut peer) = line();
+        let mut attached = 0;
+        // The attempt ended (back-off): its client hangs up.
         let cancel = Arc::new(Cancel::default());
-        let socket: Arc<dyn ShutdownHandle> = Arc::new(Flag::default());
-        let mut attached = (0, 0);
-        {
-            let _current = Current::set(&cancel);
-            attach_current(&socket, &mut attached);
-            cancel.waiting();
-            cancel.client_gone();
-        }
+        let current = Current::set(&cancel);
+        let attempt = Attempt::begin();
+        attach_current(&line, &mut attached);
+        cancel.waiting();
+        drop(attempt);
+        cancel.client_gone();
+        assert!(
+            cancel.cancelled() && !shut(&mut peer),
+            "detached at the end"
+        );
+        drop(current);
+        // Back in the pool while the attempt still runs, then another client's attempt takes
+        // it: the first client's hang-up cannot reach it.
+        let first = Arc::new(Cancel::default());
+        let current = Current::set(&first);
+        let _attempt = Attempt::begin();
+        attach_current(&line, &mut attached);
+        first.waiting();
+        line.detach(); // ureq's pool check
+        drop(current);
+        let second = Arc::new(Cancel::default());
+        let _current = Current::set(&second);
+        let _attempt = Attempt::begin();
+        attach_current(&line, &mut attached);
+        first.client_gone();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!shut(&mut peer), "the second request's socket is intact");
+        second.waiting();
+        second.client_gone();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(shut(&mut peer), "its own client's hang-up still cancels it");
+    }
+
+    #[test]
+    fn a_hang_up_wakes_a_backoff() {
+        let cancel = Arc::new(Cancel::default());
         let _current = Current::set(&cancel);
-        assert!(!cancel.cancelled(), "a new request starts uncancelled");
-        assert!(cancel.hung_up(), "the connection stays hung up");
-        let before = attached;
-        attach_current(&socket, &mut attached);
-        assert_ne!(before, attached, "attached for the new request");
+        cancel.waiting();
+        assert!(!cancel.backoff(Duration::from_millis(10)), "no hang-up");
+        let c = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c.client_gone();
+        });
+        let started = Instant::now();
+        assert!(cancel.backoff(Duration::from_secs(10)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        t.join().unwrap();
     }
 }

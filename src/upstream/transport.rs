@@ -7,25 +7,29 @@
 //! read, is answered "open" at once, since whatever that probe could see (a stray byte, a
 //! close) the next one sees too, before any request is written (`is_open`). Socket timeouts
 //! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
-//! changes on every request); see `keep_close`. Before each socket operation the connection
-//! attaches itself to the worker's current exchange, so a client's hang-up can cancel it
-//! (`cancel.rs`). Its buffers are held only while used (`buffers.rs`).
+//! changes on every request); see `keep_close`. The connect is sluice's own (non-blocking, then
+//! a wait) so that the socket is attached to the worker's current attempt while it connects;
+//! before each socket operation the connection attaches itself to the current attempt, and
+//! whenever ureq asks whether it is fit for the pool it detaches, so a client's hang-up can
+//! cancel its own attempt and never another's (`cancel.rs`). Its buffers are held only while
+//! used (`buffers.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{Shutdown, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use socket2::SockRef;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, NextTimeout, ShutdownHandle, Transport,
 };
 use ureq::{Error, Timeout};
 
 use super::buffers::{SlimBuffers, INPUT_MAX, RESPONSE_HEAD_MAX};
-use super::cancel::{attach_current, Attached};
+use super::cancel::{attach_current, Line};
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
 #[derive(Debug, Default)]
@@ -42,27 +46,21 @@ impl Connector<()> for UpstreamTcp {
         let timeout = details.timeout.not_zero().map(|t| *t);
         let mut last = None;
         for addr in details.addrs.iter() {
-            let connected = crate::runnable::blocking(|| match timeout {
-                Some(t) => TcpStream::connect_timeout(addr, t),
-                None => TcpStream::connect(addr),
-            });
-            match connected {
-                Ok(stream) => {
+            match connect(addr, timeout) {
+                Ok((line, attached)) => {
                     if details.config.no_delay() {
-                        stream.set_nodelay(true)?;
+                        line.stream().set_nodelay(true)?;
                     }
                     let buffers = SlimBuffers::new(INPUT_MAX, details.config.output_buffer_size());
-                    let stream = Arc::new(Sock(stream));
+                    let handle = Arc::downgrade(&line) as Weak<dyn ShutdownHandle>;
                     let conn = TcpConn {
-                        handle: stream.clone(),
-                        stream,
+                        line,
                         buffers,
                         read_timeout: None,
                         write_timeout: None,
-                        attached: (0, 0),
+                        attached,
                         asked: false,
                     };
-                    let handle = Arc::downgrade(&conn.stream) as Weak<dyn ShutdownHandle>;
                     (details.register_shutdown)(handle)?;
                     return Ok(Some(conn));
                 }
@@ -81,24 +79,83 @@ impl Connector<()> for UpstreamTcp {
     }
 }
 
-/// The socket, shared (weakly) with ureq's shutdown handle.
-struct Sock(TcpStream);
+/// Connects to `addr` within `timeout`, the socket attached to the worker's current attempt
+/// from the moment its SYN is out: a hang-up shuts it down, which ends the wait at once
+/// (`cancel.rs`). Returns the socket, in blocking mode, and the attempt it is attached to.
+fn connect(addr: &SocketAddr, timeout: Option<Duration>) -> io::Result<(Arc<Line>, u64)> {
+    let socket = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    let started = match socket.connect(&(*addr).into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Err(()),
+        Err(e) => return Err(e),
+    };
+    let line = Arc::new(Line::new(TcpStream::from(socket)));
+    let mut attached = 0;
+    attach_current(&line, &mut attached);
+    if started.is_err() {
+        crate::runnable::blocking(|| await_connected(line.stream(), timeout))?;
+    }
+    line.stream().set_nonblocking(false)?;
+    Ok((line, attached))
+}
 
-impl ShutdownHandle for Sock {
-    fn shutdown(&self) {
-        let _ = self.0.shutdown(Shutdown::Both);
+/// Waits until a non-blocking connect on `stream` ends: its error, `TimedOut` past `timeout`.
+fn await_connected(stream: &TcpStream, timeout: Option<Duration>) -> io::Result<()> {
+    let until = timeout.map(|t| Instant::now() + t);
+    loop {
+        let wait_ms = match until {
+            None => -1,
+            Some(until) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                // Rounded up, so the wait never ends before the timeout.
+                i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+            }
+        };
+        let mut fd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: `poll(2)` on one descriptor `stream` owns, with a pointer to a local
+        // `pollfd` valid for the call and its true count (1). No safe wrapper waits for a
+        // connect with a timeout once it has been started.
+        let n = unsafe { libc::poll(&mut fd, 1, wait_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            continue; // the timeout: checked above
+        }
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        if fd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            return Err(io::ErrorKind::ConnectionAborted.into());
+        }
+        return Ok(());
     }
 }
 
 pub struct TcpConn {
-    stream: Arc<Sock>,
-    /// The same socket, as the handle a client's hang-up shuts down (`cancel.rs`).
-    handle: Arc<dyn ShutdownHandle>,
+    /// The socket, shared (weakly) with ureq's shutdown handle and a client's `Cancel`.
+    line: Arc<Line>,
     buffers: SlimBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    /// The request this socket was last attached to for cancellation.
-    attached: Attached,
+    /// The attempt this socket was last attached to for cancellation (0: none since it was
+    /// last between requests).
+    attached: u64,
     /// ureq asked `is_open` with no read or write since: the next ask reads the socket.
     asked: bool,
 }
@@ -106,7 +163,7 @@ pub struct TcpConn {
 impl fmt::Debug for TcpConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpConn")
-            .field("peer", &self.stream.0.peer_addr().ok())
+            .field("peer", &self.line.stream().peer_addr().ok())
             .finish()
     }
 }
@@ -153,13 +210,13 @@ impl Transport for TcpConn {
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
         self.asked = false;
-        attach_current(&self.handle, &mut self.attached);
+        attach_current(&self.line, &mut self.attached);
         let timeout = timeout.for_write();
         let want = left(timeout)?;
-        let sock = &self.stream.0;
+        let sock = self.line.stream();
         keep_close(&mut self.write_timeout, want, |t| sock.set_write_timeout(t))?;
         let output = &self.buffers.output()[..amount];
-        crate::runnable::blocking(|| (&self.stream.0).write_all(output))
+        crate::runnable::blocking(|| (&mut self.line.stream()).write_all(output))
             .map_err(|e| timed_out(e, timeout.reason))
     }
 
@@ -167,10 +224,10 @@ impl Transport for TcpConn {
         self.asked = false;
         // What was written is sent: the output buffer is not needed while the response comes.
         self.buffers.release_output();
-        attach_current(&self.handle, &mut self.attached);
+        attach_current(&self.line, &mut self.attached);
         let timeout = timeout.for_read();
         let want = left(timeout)?;
-        let sock = &self.stream.0;
+        let sock = self.line.stream();
         keep_close(&mut self.read_timeout, want, |t| sock.set_read_timeout(t))?;
         let input = self.buffers.input_append_buf();
         if input.is_empty() {
@@ -180,7 +237,7 @@ impl Transport for TcpConn {
             return Err(Error::LargeResponseHeader(held + 1, RESPONSE_HEAD_MAX));
         }
         let n = loop {
-            match crate::runnable::blocking(|| (&self.stream.0).read(input)) {
+            match crate::runnable::blocking(|| (&mut self.line.stream()).read(input)) {
                 // Linux does not restart a socket read with a timeout after a signal.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r.map_err(|e| timed_out(e, timeout.reason))?,
@@ -197,6 +254,10 @@ impl Transport for TcpConn {
     /// "open" without a syscall, the second (which always comes before a request is written)
     /// reads the socket.
     fn is_open(&mut self) -> bool {
+        // Between two requests: no client's hang-up may reach this socket until an attempt
+        // uses it again (`cancel.rs`).
+        self.line.detach();
+        self.attached = 0;
         if !std::mem::replace(&mut self.asked, true) {
             // Going back to the pool: an idle connection holds no buffers.
             self.buffers.release();
@@ -204,7 +265,7 @@ impl Transport for TcpConn {
         }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];
         let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-        match SockRef::from(&self.stream.0).recv_with_flags(&mut probe, flags) {
+        match SockRef::from(self.line.stream()).recv_with_flags(&mut probe, flags) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             Ok(_) => false, // data (garbage) or 0 (closed)
         }

@@ -12,6 +12,7 @@
 //! | `header=Name:Value` | extra response header (repeatable) |
 //! | `close_mid_body=1` / `reset_mid_body=1` / `stall_mid_body=1` | send half the body, then FIN / RST / silence |
 //! | `reset=1` / `close=1` / `hang=1` | RST / FIN / silence instead of a response |
+//! | `wait_ms=N` | wait before the response head, watching the connection: a close meanwhile ends the request, and when it came is recorded (`closes()`) |
 //! | `garbage=1` / `big_header=N` | a non-HTTP answer / a response header of N bytes |
 //! | `drop_after=1` | close the connection after the response without saying so (stale pool) |
 //!
@@ -27,7 +28,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::json;
@@ -78,6 +79,8 @@ struct State {
     hang_all: AtomicBool,
     /// The status `/health` answers (0: as any other path).
     health_status: AtomicU64,
+    /// `wait_ms` requests whose connection was closed during the wait: target, when.
+    closes: Mutex<Vec<(String, Instant)>>,
     record: AtomicBool,
     stopped: AtomicBool,
 }
@@ -127,6 +130,12 @@ impl TestUpstream {
     /// `hang=1` requests whose connection was closed by sluice while the upstream held them.
     pub fn hangs_closed(&self) -> u64 {
         self.state.hangs_closed.load(Relaxed)
+    }
+
+    /// `wait_ms=N` requests whose connection was closed during the wait: their targets, and
+    /// when the close was seen.
+    pub fn closes(&self) -> Vec<(String, Instant)> {
+        self.state.closes.lock().clone()
     }
 
     /// TCP connections accepted so far.
@@ -289,6 +298,15 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
     let delay = num("delay_ms").unwrap_or(0) + state.delay_ms.load(Relaxed);
     if delay > 0 {
         std::thread::sleep(Duration::from_millis(delay));
+    }
+    if let Some(ms) = num("wait_ms") {
+        if closed_within(conn, Duration::from_millis(ms)) {
+            state
+                .closes
+                .lock()
+                .push((head.target.clone(), Instant::now()));
+            return Ok(false);
+        }
     }
     if flag("hang") || state.hang_all.load(Relaxed) {
         if hang(conn) {
@@ -475,6 +493,24 @@ fn reset(conn: &ClientConn) {
         let sock = socket2::Socket::from(s);
         let _ = sock.set_linger(Some(Duration::ZERO));
     }
+}
+
+/// Waits up to `wait` for the peer to close the connection; true if it did. Looks every
+/// millisecond without reading (the socket's own timeouts stay as they are).
+fn closed_within(conn: &ClientConn, wait: Duration) -> bool {
+    let sock = socket2::SockRef::from(conn.stream());
+    let until = Instant::now() + wait;
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    while Instant::now() < until {
+        match sock.recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return true,
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }
 
 /// Says nothing until the peer goes away (bounded: 10 minutes).
