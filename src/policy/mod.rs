@@ -6,12 +6,14 @@
 //! - `refusal`: refuse without forwarding (draining, queue time, breaker) and `Retry-After`.
 //! - `admission`: the bound on requests in the system (workers + queue).
 //! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget.
+//! - `deadline`: one request's time on the upstream over all its attempts.
 //! - `route`: which requests sluice answers itself and which go upstream.
 //! - `headers`: what crosses sluice in each direction; `connection`: the keep-alive rule.
 
 pub mod admission;
 pub mod breaker;
 pub mod connection;
+pub mod deadline;
 pub mod headers;
 pub mod outcome;
 pub mod reason;
