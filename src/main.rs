@@ -138,9 +138,19 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
                         std::process::exit(1);
                     }
                 });
-                let idle = running.wait_idle(grace);
-                if !idle {
-                    warn!("grace period over with requests still in flight; exiting");
+                if !running.wait_idle(grace) {
+                    let cut_at = running.metrics().outcome("shutdown");
+                    let left = running.end_grace();
+                    let cut = running.metrics().outcome("shutdown") - cut_at;
+                    warn!(
+                        "shutdown_grace ({}s) over: {cut} request(s) cut with outcome shutdown{}",
+                        grace.as_secs_f64(),
+                        if left > 0 {
+                            format!(", {left} not yet answered")
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 sluice::observe::log::always(

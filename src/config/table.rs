@@ -192,8 +192,8 @@ settings! {
     max_body_bytes: u64 = 0, int(0, i64::MAX as i128, "a byte count >= 0 (0 = unlimited)"), reload, option(String);
     /// cancel a request's upstream exchange when its client hangs up, and drop a queued one: true or false (default true)
     abort_on_client_close: bool = true, Bool, reload, option(String);
-    /// seconds to let in-flight requests finish after SIGTERM (default 30)
-    shutdown_grace: Duration = Duration::from_secs(30), SECS_OR_ZERO, reload, option(String);
+    /// seconds to let in-flight requests finish after SIGTERM; at least connect_timeout + read_timeout (default 320)
+    shutdown_grace: Duration = Duration::from_secs(320), SECS_OR_ZERO, reload, option(String);
     /// error, warn, info or debug (default info)
     log_level: LogLevel = LogLevel::Info, Choice, reload, option(String);
     /// one JSON line per proxied request on stdout

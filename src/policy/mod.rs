@@ -3,7 +3,7 @@
 //! here does I/O or imports a stage.
 //!
 //! - `reason`: the words for how a request ends; `outcome`: the one classification by origin.
-//! - `refusal`: refuse without forwarding (draining, queue time, breaker) and `Retry-After`.
+//! - `refusal`: refuse without forwarding (shutdown, queue time, breaker) and `Retry-After`.
 //! - `admission`: the bound on requests in the system (workers + queue).
 //! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget.
 //! - `deadline`: one request's time on the upstream over all its attempts.

@@ -150,6 +150,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
     let cancel = client.cancel.clone();
     let (conn, rid) = (&mut client.io, request_id.as_str());
     let gate = Gate {
+        grace_over: shared.grace_over(),
         waited,
         queue_timeout: cfg.queue_timeout,
         ..Gate::default()
@@ -166,7 +167,9 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
         Ok(a) => {
             let upstream = pool.upstream.get();
             let probe = a == Admit::Probe;
-            let watched = cfg.abort_on_client_close.then(|| Current::set(&cancel));
+            // Set whatever `abort_on_client_close` says: the end of a drain's grace cancels too
+            // (the front end passes a client's hang-up on only when the setting is on).
+            let _current = Current::set(&cancel);
             let x = Exchange {
                 shared,
                 cfg: &cfg,
@@ -174,7 +177,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
                 head: &head,
                 request_id: rid,
                 probe,
-                cancel: watched.as_ref().map(|_| &*cancel),
+                cancel: Some(&cancel),
             };
             let mut verdict = shared.verdict_report(probe);
             forward(&x, conn, scratch, &mut verdict)

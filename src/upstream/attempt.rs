@@ -44,7 +44,8 @@ pub struct Exchange<'a> {
     pub request_id: &'a str,
     /// The breaker's half-open probe: one attempt, no retries.
     pub probe: bool,
-    /// Set when a client hang-up cancels the exchange (`abort_on_client_close`).
+    /// Set when a client hang-up (`abort_on_client_close`) or the end of a drain's grace
+    /// cancels the exchange.
     pub cancel: Option<&'a Cancel>,
 }
 
@@ -132,9 +133,12 @@ pub fn forward(
         Attempts::Response(resp) => {
             let mut fin = relay(x, conn, resp, body_done, scratch);
             if x.cancelled() {
-                fin = Finished::new(Outcome::ClientAbort, false); // the upstream did not fail
+                fin = Finished::new(cancelled(x), false); // the upstream did not fail
             }
             fin
+        }
+        Attempts::ClientGone if x.shared.grace_over() => {
+            answer::send(conn, head, Reason::Shutdown, rid, None, body_done)
         }
         Attempts::ClientGone => Finished::new(Outcome::ClientAbort, false),
         Attempts::ClientBody => {
@@ -152,6 +156,15 @@ pub fn forward(
     fin.bytes_in = bytes_in;
     fin.upstream_time = upstream_time;
     fin
+}
+
+/// Who cancelled an exchange: the end of a drain's grace, else its client's hang-up.
+fn cancelled(x: &Exchange<'_>) -> Outcome {
+    if x.shared.grace_over() {
+        Outcome::Sluice(Reason::Shutdown)
+    } else {
+        Outcome::ClientAbort
+    }
 }
 
 /// Reads a small body of an idempotent request whole, so that a retry can replay it.
