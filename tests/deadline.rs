@@ -77,6 +77,10 @@ fn retries_that_fit_still_happen() {
     let started = Instant::now();
     let r = get(s.addr(), "/fast-failure");
     assert_eq!(r.status, 503);
-    assert_eq!(up.request_count(), 3, "two retries, both well inside the deadline");
+    assert_eq!(
+        up.request_count(),
+        3,
+        "two retries, both well inside the deadline"
+    );
     assert!(started.elapsed() < READ_TIMEOUT);
 }

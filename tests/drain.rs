@@ -34,11 +34,23 @@ fn a_request_in_flight_at_sigterm_completes_byte_exact_and_sluice_exits_zero() {
     assert_eq!(r.status, 200);
     assert!(r.complete);
     assert_pattern(&r.body, 300_000);
-    assert_eq!(r.header("connection"), Some("close"), "draining: the answer closes");
-    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0), "{}", p.stderr.lock());
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "draining: the answer closes"
+    );
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        p.stderr.lock()
+    );
     let exited = started.elapsed();
     println!("drain: answered after {answered:?}, exited after {exited:?} (grace 5 s)");
-    assert!(exited < Duration::from_secs(4), "exit waits for the request only");
+    assert!(
+        exited < Duration::from_secs(4),
+        "exit waits for the request only"
+    );
 }
 
 #[test]
@@ -60,14 +72,24 @@ fn during_drain_idle_connections_close_and_open_ones_are_still_served() {
     begun.send(b"GET /on-an-open-connection HTTP/1.1\r\nHo");
     std::thread::sleep(Duration::from_millis(100));
     p.signal("TERM");
-    assert!(idle.closed_within(Duration::from_secs(1)), "idle connection left open");
+    assert!(
+        idle.closed_within(Duration::from_secs(1)),
+        "idle connection left open"
+    );
     begun.send(b"st: t\r\n\r\n");
     let r = begun.response(false).expect("an answer, not a close");
-    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "forwarded, not refused");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "forwarded, not refused"
+    );
     assert_eq!(r.header("connection"), Some("close"));
     assert!(begun.closed_within(Duration::from_secs(1)));
     let r = fresh.get("/proxy-health");
-    assert_eq!((r.status, r.json()["status"].as_str()), (503, Some("draining")));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (503, Some("draining"))
+    );
     assert_eq!(r.header("connection"), Some("close"));
     assert!(
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
@@ -95,16 +117,30 @@ fn a_request_still_running_when_the_grace_ends_is_answered_and_logged_as_shutdow
     let took = started.elapsed();
     r.assert_sluice_error(503, "shutdown");
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(took < Duration::from_secs(3), "answered when the grace ended: {took:?}");
-    assert_eq!(p.wait_exit(Duration::from_secs(3)), Some(0), "{}", p.stderr.lock());
+    assert!(
+        took < Duration::from_secs(3),
+        "answered when the grace ended: {took:?}"
+    );
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(3)),
+        Some(0),
+        "{}",
+        p.stderr.lock()
+    );
     let log = p.stdout_after_kill();
     let line = log
         .lines()
         .find(|l| l.contains("/too-long"))
         .unwrap_or_else(|| panic!("no access-log line: {log}"));
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    assert_eq!((v["status"].as_u64(), v["reason"].as_str()), (Some(503), Some("shutdown")));
-    assert!(p.stderr.lock().contains("1 request(s) cut with outcome shutdown"));
+    assert_eq!(
+        (v["status"].as_u64(), v["reason"].as_str()),
+        (Some(503), Some("shutdown"))
+    );
+    assert!(p
+        .stderr
+        .lock()
+        .contains("1 request(s) cut with outcome shutdown"));
 }
 
 #[test]
@@ -115,13 +151,23 @@ fn the_end_of_the_grace_counts_each_cut_request_as_shutdown() {
     let in_worker = std::thread::spawn(move || get(addr, "/in-a-worker?delay_ms=8000"));
     // Streaming when the grace ends: bytes went out already, so the connection just closes.
     let streaming = std::thread::spawn(move || {
-        get(addr, "/streaming?body_bytes=1000000&chunked=1&stall_mid_body=1")
+        get(
+            addr,
+            "/streaming?body_bytes=1000000&chunked=1&stall_mid_body=1",
+        )
     });
     assert!(eventually(Duration::from_secs(2), || up.request_count() >= 2));
     s.drain();
     assert!(!s.wait_idle(Duration::from_millis(300)));
-    assert_eq!(s.end_grace(), 0, "every cut request answered within CUT_WAIT");
-    in_worker.join().unwrap().assert_sluice_error(503, "shutdown");
+    assert_eq!(
+        s.end_grace(),
+        0,
+        "every cut request answered within CUT_WAIT"
+    );
+    in_worker
+        .join()
+        .unwrap()
+        .assert_sluice_error(503, "shutdown");
     let r = streaming.join().unwrap();
     assert_eq!(r.status, 200);
     assert!(!r.complete, "a cut stream must not look complete");

@@ -302,7 +302,10 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.warnings().len(), 6);
-        assert!(c.warnings().iter().any(|w| w.starts_with("shutdown_grace (5s)")));
+        assert!(c
+            .warnings()
+            .iter()
+            .any(|w| w.starts_with("shutdown_grace (5s)")));
         assert!(Config {
             target_host: "x".into(),
             ..Config::default()

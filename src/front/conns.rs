@@ -117,7 +117,11 @@ impl Front {
 
     /// While draining, a connection that has become idle is closed. True if it was.
     pub(super) fn close_if_idle(&mut self, key: usize) -> bool {
-        let idle = self.entries.get(key).and_then(Option::as_ref).is_some_and(Entry::idle);
+        let idle = self
+            .entries
+            .get(key)
+            .and_then(Option::as_ref)
+            .is_some_and(Entry::idle);
         if idle && self.shared.draining() {
             self.close(key);
         }

@@ -233,7 +233,10 @@ impl Front {
             }
         }
         for key in 0..self.entries.len() {
-            if self.entries[key].as_ref().is_some_and(|e| e.body_wait.is_some()) {
+            if self.entries[key]
+                .as_ref()
+                .is_some_and(|e| e.body_wait.is_some())
+            {
                 self.refuse_body(key, Reason::Shutdown);
             }
         }

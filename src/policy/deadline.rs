@@ -84,7 +84,10 @@ mod tests {
         assert!(d.retry_fits(t + ms(100), ms(500)));
         assert!(d.retry_fits(t + ms(1500), ms(300)), "exactly 200 ms left");
         assert!(!d.retry_fits(t + ms(1700), ms(150)), "150 ms left");
-        assert!(!d.retry_fits(t + ms(1900), ms(200)), "the back-off alone passes it");
+        assert!(
+            !d.retry_fits(t + ms(1900), ms(200)),
+            "the back-off alone passes it"
+        );
         assert!(!d.retry_fits(t + ms(2100), ms(0)));
     }
 

@@ -232,7 +232,10 @@ fn attempt_all(
             Ok(r) => AttemptFailure::Status(r.status().as_u16()),
             Err(e) => classify(e),
         };
-        if matches!(failure, AttemptFailure::Connect | AttemptFailure::ConnectTimeout) {
+        if matches!(
+            failure,
+            AttemptFailure::Connect | AttemptFailure::ConnectTimeout
+        ) {
             deadline.excuse(took); // it never got past connecting
         }
         let detail = match &res {
