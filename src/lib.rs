@@ -112,6 +112,11 @@ impl Running {
         self.addr
     }
 
+    /// The drain's grace in the current config (a reload may have changed it).
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shared.config().shutdown_grace
+    }
+
     pub fn metrics(&self) -> &observe::metrics::Metrics {
         &self.shared.metrics
     }

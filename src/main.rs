@@ -84,7 +84,6 @@ fn print_check(loaded: &Loaded) {
 
 fn run(flags: Flags, loaded: Loaded) -> ExitCode {
     let cfg = loaded.config;
-    let grace = cfg.shutdown_grace;
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -124,6 +123,7 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
         match sig {
             SIGHUP => reload(&flags, &running),
             _ => {
+                let grace = running.shutdown_grace();
                 info!(
                     "signal {sig}: draining (grace {}s); a second signal exits at once",
                     grace.as_secs_f64()

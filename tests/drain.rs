@@ -104,6 +104,26 @@ fn during_drain_idle_connections_close_and_open_ones_are_still_served() {
 }
 
 #[test]
+fn a_request_sent_on_behind_one_in_flight_does_not_cost_the_first_its_answer() {
+    let up = upstream();
+    let mut p = Proc::in_front_of(up.port(), &["--shutdown-grace", "5"]);
+    let mut c = Conn::open(p.addr);
+    c.send(b"GET /first?delay_ms=1000&body_bytes=200000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal("TERM");
+    let r = c.response(false).expect("the first answer, not a reset");
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert_pattern(&r.body, 200_000);
+    assert!(
+        c.response(false).is_none(),
+        "the second is left for the client to retry"
+    );
+    assert_eq!(up.request_count(), 1);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
 fn a_request_still_running_when_the_grace_ends_is_answered_and_logged_as_shutdown() {
     let up = upstream();
     let args = ["--shutdown-grace", "1", "--access-log"];

@@ -187,9 +187,11 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
     shared.finish(&ctx, &fin);
     // Before the hand-back, so the client's next request finds this worker free.
     drop((ticket, active, in_progress));
-    // sluice's own answer on a connection that closes: the front end drains what the client
-    // still sends before closing, so the answer is not lost to a reset.
-    if !fin.keep_alive && matches!(fin.outcome, Outcome::Sluice(_)) && !client.io.has_unsent() {
+    // sluice's own answer on a connection that closes, or any answer closing a connection a
+    // drain ends: the front end drains what the client still sends (a request it sent on)
+    // before closing, so the answer is not lost to a reset.
+    let closing = matches!(fin.outcome, Outcome::Sluice(_)) || shared.draining();
+    if !fin.keep_alive && closing && !client.io.has_unsent() {
         client.io.leave_unsent(Vec::new(), true);
     }
     client.last_done = Some(Instant::now());
