@@ -5,8 +5,8 @@
 //! needs no worker: admin paths, `OPTIONS *`, bad heads (400/408/414/431), a drain whose grace
 //! ended, an open breaker, a full queue, a request whose time in the queue ran out. Draining, it
 //! closes the listener and every idle kept-alive connection; when the grace ends, it cuts what
-//! is still in flight (`cut_all`). Every other request
-//! goes onto the bounded queue for the worker pool; a worker hands a kept-alive connection back.
+//! is still in flight (`cut_all`). Every other request goes onto the bounded queue for the
+//! worker pool; a worker hands a kept-alive connection back.
 //!
 //! Deadlines (idle, header, queue, a stalled answer) are checked every `TICK`, and a request
 //! left waiting while a worker sleeps wakes one.
