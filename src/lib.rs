@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod observe;
 
 mod answer;
@@ -63,8 +64,11 @@ pub fn start(config: Config) -> io::Result<Running> {
     let listener = listen(addr)?;
     let addr = listener.local_addr()?;
     observe::log::set_level(config.log_level);
-    let upstream = Arc::new(UpstreamClient::new(&config));
     let shared = Arc::new(Shared::new(config));
+    let upstream = Arc::new(UpstreamClient::new(
+        &shared.config(),
+        shared.target_lookup.clone(),
+    ));
     let queue = Arc::new(Queue::with_run_cap(
         shared.admission.capacity(),
         pool::worker::run_cap(),

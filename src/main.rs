@@ -84,6 +84,7 @@ fn print_check(loaded: &Loaded) {
 
 fn run(flags: Flags, loaded: Loaded) -> ExitCode {
     let cfg = loaded.config;
+    let nofile = sluice::limits::raise_nofile();
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -116,6 +117,20 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
         ),
     );
     info!("effective config: {}", cfg.to_json());
+    match nofile {
+        Ok((before, after)) => {
+            if after.soft != before.soft {
+                info!(
+                    "open-file limit raised from {} to the hard limit {}",
+                    before.soft, after.soft
+                );
+            }
+            if let Some(w) = sluice::limits::check(&cfg, after.soft) {
+                warn!("{w}");
+            }
+        }
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
     for w in cfg.warnings() {
         warn!("{w}");
     }
@@ -167,6 +182,12 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
 fn reload(flags: &Flags, running: &sluice::Running) {
     match config::reload(flags) {
         Ok(new) => {
+            if let Some(w) = sluice::limits::raise_nofile()
+                .ok()
+                .and_then(|(_, now)| sluice::limits::check(&new, now.soft))
+            {
+                warn!("SIGHUP: {w}");
+            }
             let fixed = running.reload(new);
             info!("SIGHUP: config reloaded");
             if !fixed.is_empty() {

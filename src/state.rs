@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
 use crate::observe::access_log::{self, RequestCtx};
+use crate::observe::lookup::TargetLookup;
 use crate::observe::metrics::Metrics;
 use crate::policy::admission::Admission;
 use crate::policy::breaker::{Admit, Breaker, State, Transition, Verdict};
@@ -35,6 +36,8 @@ pub struct Shared {
     in_progress: Arc<AtomicI64>,
     /// Breaker transitions into closed, open, half-open.
     transitions: [AtomicU64; 3],
+    /// Whether `target_host` resolves (the last look-up), for `/proxy-health`.
+    pub target_lookup: Arc<TargetLookup>,
 }
 
 impl Shared {
@@ -57,6 +60,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             in_progress: Arc::new(AtomicI64::new(0)),
             transitions: Default::default(),
+            target_lookup: Arc::default(),
         }
     }
 

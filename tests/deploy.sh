@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The deployment files, run for real (README "Deployment"): the container image from
 # deploy/Dockerfile run read-only as uid 65534 with no capabilities, deploy/kubernetes.yaml run
-# with `podman kube play`, and the manifests validated against the Kubernetes schemas offline.
+# with `podman kube play`, the manifests (deploy/*.yaml) validated against the Kubernetes schemas
+# offline, the prometheus-adapter rule checked against the metrics a running sluice serves, and
+# the drain, autoscaling and memory numbers checked against the settings (docs/GUIDE.md
+# "Scaling out").
 # Installs podman (Debian packages) and kubernetes-validate (PyPI) when missing. Everything
 # listens on 127.0.0.1 (host networking); nothing is fetched from an image registry (FROM scratch).
 # Needs the static binary (./start.sh --build-static; test.sh builds it). ~15 s.
@@ -123,18 +126,85 @@ wrong = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
 sys.exit(f"not effective: {wrong}" if wrong else 0)
 EOF
 then ok "kube play: the ConfigMap's values are the effective config"; else bad "kube play config"; fi
+curl -s "127.0.0.1:$K/proxy-metrics/prometheus" >"$work/prom.txt"
+if python3 - "$work/prom.txt" <<'EOF'
+import re, sys, yaml
+served = set(re.findall(r"^# TYPE (\S+) ", open(sys.argv[1]).read(), re.M))
+cm = next(yaml.safe_load_all(open("deploy/prometheus-adapter.yaml")))
+rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
+exposed, wrong = set(), []
+for r in rules:
+    used = set(re.findall(r"\bsluice_\w+", r["seriesQuery"] + " " + r["metricsQuery"]))
+    wrong += sorted(used - served)
+    exposed.add(r["name"]["as"])
+    if set(r["resources"]["overrides"]) != {"namespace", "pod"}:
+        wrong.append("resources: not per namespace and pod")
+hpa = next(d for d in yaml.safe_load_all(open("deploy/kubernetes.yaml")) if d and d["kind"] == "HorizontalPodAutoscaler")
+for m in hpa["spec"]["metrics"]:
+    if m["type"] == "Pods" and m["pods"]["metric"]["name"] not in exposed:
+        wrong.append(f"HPA metric {m['pods']['metric']['name']} not exposed by the adapter rules")
+sys.exit(f"adapter rules: {wrong}" if wrong or not exposed else 0)
+EOF
+then ok "prometheus-adapter rules: their queries name metrics sluice serves; the HPA's metric is the one they expose"; else bad "prometheus-adapter rules"; fi
 pod=$(podman pod ps --format '{{.Name}}' | grep '^sluice' | head -1)
 drains "$K" "$ctr" "podman pod stop -t 40 $pod" "podman pod stop"
 
 # 3. The manifests against the Kubernetes schemas (strict: no unknown fields), for every version
 #    the README supports.
 for v in 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0; do
-  if kubernetes-validate --strict --quiet -k "$v" deploy/kubernetes.yaml >"$work/kv.out" 2>&1; then
+  if kubernetes-validate --strict --quiet -k "$v" deploy/*.yaml >"$work/kv.out" 2>&1; then
     ok "kubernetes-validate --strict, Kubernetes $v"
   else
     bad "kubernetes-validate $v: $(tail -3 "$work/kv.out")"
   fi
 done
+
+# 4. The numbers against the settings (docs/GUIDE.md "Scaling out" and "Rolling updates").
+if python3 - <<'EOF'
+import json, math, re, sys, yaml
+docs = [d for d in yaml.safe_load_all(open("deploy/kubernetes.yaml")) if d]
+kind = {d["kind"]: d for d in docs}
+c = json.loads(kind["ConfigMap"]["data"]["proxy_config.json"])
+shipped = json.load(open("proxy_config.json"))
+get = lambda k, d: c.get(k, shipped.get(k, d))
+pod = kind["Deployment"]["spec"]["template"]["spec"]
+ctr = pod["containers"][0]
+wrong = []
+grace = get("shutdown_grace", 30)
+if grace < get("connect_timeout", 10) + get("read_timeout", 300):
+    wrong.append(f"ConfigMap shutdown_grace {grace} < connect_timeout + read_timeout")
+pre = ctr["lifecycle"]["preStop"]["sleep"]["seconds"]
+if pod["terminationGracePeriodSeconds"] <= pre + grace:
+    wrong.append(f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} <= preStop {pre} + grace {grace}")
+unit = open("deploy/sluice.service").read()
+stop = int(re.search(r"^TimeoutStopSec=(\d+)", unit, re.M).group(1))
+if stop <= max(shipped.get("shutdown_grace", 30), grace):
+    wrong.append(f"TimeoutStopSec {stop} <= shutdown_grace")
+workers = get("max_concurrent_requests", 50)
+hpa = kind["HorizontalPodAutoscaler"]["spec"]
+for m in hpa["metrics"]:
+    t = float(m["pods"]["target"]["averageValue"]) if m["type"] == "Pods" else None
+    if t is not None and not 0.7 * workers <= t <= 0.8 * workers:
+        wrong.append(f"HPA target {t} not 70-80 % of max_concurrent_requests {workers}")
+down = hpa["behavior"]["scaleDown"]
+if down["stabilizationWindowSeconds"] < pod["terminationGracePeriodSeconds"] or any(
+        p["type"] != "Pods" or p["value"] != 1 or p["periodSeconds"] < pod["terminationGracePeriodSeconds"]
+        for p in down["policies"]):
+    wrong.append(f"scale-down faster than a drain: {down}")
+mib = lambda q: int(q.removesuffix("Mi"))
+kib = 1 / 1024
+buf = get("client_buffer", 65536) / 1024 / 1024
+base = 16 + workers * 60 * kib
+request = base + (workers + get("max_queue_size", 100)) * (buf + 2 * kib)
+worst = base + get("max_connections", 4096) * (buf + 2 * kib)
+res = ctr["resources"]
+if mib(res["requests"]["memory"]) != 16 * math.ceil(request / 16):
+    wrong.append(f"memory request {res['requests']['memory']}, formula {request:.1f} MiB")
+if mib(res["limits"]["memory"]) != 64 * math.ceil(1.25 * worst / 64):
+    wrong.append(f"memory limit {res['limits']['memory']}, formula 1.25 x {worst:.1f} MiB")
+sys.exit(f"{wrong}" if wrong else 0)
+EOF
+then ok "drain, autoscaling and memory numbers follow the settings (GUIDE formulas)"; else bad "deployment numbers"; fi
 
 echo "deploy: $passed passed, $failed failed"
 [[ $failed == 0 ]]

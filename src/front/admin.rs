@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::write::Simple;
+use crate::observe::lookup::Lookup;
 use crate::policy::breaker::State;
 use crate::policy::connection::keep_alive;
 use crate::policy::route::{path_only, HEALTH, METRICS};
@@ -67,15 +68,28 @@ pub fn health(shared: &Shared, queued: usize) -> (u16, Value) {
     } else {
         "degraded"
     };
-    (
-        200,
-        json!({
-            "status": status,
-            "circuit_state": b.state.as_str(),
-            "active_requests": active(shared),
-            "queue_size": queued,
-        }),
-    )
+    let mut v = json!({
+        "status": status,
+        "circuit_state": b.state.as_str(),
+        "active_requests": active(shared),
+        "queue_size": queued,
+    });
+    target_lookup(shared, &mut v);
+    (200, v)
+}
+
+/// `target_resolves` (null until the first look-up) and, when false, `target_error`: the
+/// name's look-up is not the upstream's health, so neither changes `status`.
+fn target_lookup(shared: &Shared, v: &mut Value) {
+    let (resolves, error) = match shared.target_lookup.get() {
+        Lookup::Pending => (Value::Null, None),
+        Lookup::Resolves => (Value::Bool(true), None),
+        Lookup::Fails(e) => (Value::Bool(false), Some(e)),
+    };
+    v["target_resolves"] = resolves;
+    if let Some(e) = error {
+        v["target_error"] = Value::String(e);
+    }
 }
 
 fn active(shared: &Shared) -> u64 {

@@ -10,9 +10,10 @@ use parking_lot::RwLock;
 use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::Agent;
 
-use super::resolve::CachedResolver;
+use super::resolve::{look_up_in_background, CachedResolver};
 use super::transport::UpstreamTcp;
 use crate::config::Config;
+use crate::observe::lookup::TargetLookup;
 
 /// An agent and the base URI (`http://host:port`).
 pub struct Upstream {
@@ -23,8 +24,8 @@ pub struct Upstream {
 impl Upstream {
     /// No environment proxy, no redirects, statuses are not errors, nothing injected, any
     /// method, separate connect and read timeouts, a pool sized for the workers, the target's
-    /// addresses cached (`resolve.rs`).
-    pub fn new(cfg: &Config) -> Self {
+    /// addresses cached (`resolve.rs`, recording each look-up in `lookup`).
+    pub fn new(cfg: &Config, lookup: Arc<TargetLookup>) -> Self {
         let pool = cfg.pool_maxsize.max(1);
         let config = Agent::config_builder()
             .proxy(None)
@@ -48,7 +49,7 @@ impl Upstream {
             .output_buffer_size(OUTPUT_BUFFER)
             .build();
         let connector = UpstreamTcp.chain(RustlsConnector::default());
-        let agent = Agent::with_parts(config, connector, CachedResolver::default());
+        let agent = Agent::with_parts(config, connector, CachedResolver::new(lookup));
         Upstream {
             agent,
             base: cfg.target_base(),
@@ -65,12 +66,19 @@ pub const INPUT_BUFFER: usize = 16 * 1024;
 /// is sent).
 pub const OUTPUT_BUFFER: usize = 16 * 1024;
 
-/// The current upstream client, swapped whole when a reload changes an upstream setting.
-pub struct UpstreamClient(RwLock<Arc<Upstream>>);
+/// The current upstream client, swapped whole when a reload changes an upstream setting, and
+/// where look-ups of the target's name are recorded.
+pub struct UpstreamClient(RwLock<Arc<Upstream>>, Arc<TargetLookup>);
 
 impl UpstreamClient {
-    pub fn new(cfg: &Config) -> Self {
-        UpstreamClient(RwLock::new(Arc::new(Upstream::new(cfg))))
+    /// Also looks the target's name up once now, in the background (`/proxy-health` and a warn
+    /// line say if it does not resolve, before any request needs it).
+    pub fn new(cfg: &Config, lookup: Arc<TargetLookup>) -> Self {
+        look_up_in_background(&cfg.target_host, cfg.target_port, lookup.clone());
+        UpstreamClient(
+            RwLock::new(Arc::new(Upstream::new(cfg, lookup.clone()))),
+            lookup,
+        )
     }
 
     pub fn get(&self) -> Arc<Upstream> {
@@ -83,8 +91,12 @@ impl UpstreamClient {
             || new.connect_timeout != old.connect_timeout
             || new.read_timeout != old.read_timeout
             || new.pool_maxsize != old.pool_maxsize;
+        if new.target_host != old.target_host || new.target_port != old.target_port {
+            self.1.reset();
+            look_up_in_background(&new.target_host, new.target_port, self.1.clone());
+        }
         if changed {
-            *self.0.write() = Arc::new(Upstream::new(new));
+            *self.0.write() = Arc::new(Upstream::new(new, self.1.clone()));
         }
     }
 }

@@ -4,9 +4,13 @@
 //! under `ndots:5`), and a DNS outage would fail requests that need no new connection. Here the
 //! addresses of the one target are kept for `FRESH`; then one request looks them up again while
 //! the others go on with the ones known; if that look-up fails, the known addresses are used
-//! for another `RETRY` before the next try (README "Settings", `target_host`).
+//! for another `RETRY` before the next try (README "Settings", `target_host`). Each look-up's
+//! outcome, and one made at start before any request, is recorded for `/proxy-health`
+//! (`observe/lookup.rs`).
 
 use std::fmt;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -16,15 +20,44 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::NextTimeout;
 use ureq::Error;
 
+use crate::observe::lookup::TargetLookup;
+
 /// How long looked-up addresses are used before they are looked up again.
 pub const FRESH: Duration = Duration::from_secs(5);
 /// After a failed look-up, how long the addresses known before are used before the next try.
 pub const RETRY: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub struct CachedResolver {
     inner: DefaultResolver,
     cache: Mutex<Cache>,
+    lookup: Arc<TargetLookup>,
+}
+
+impl CachedResolver {
+    /// `lookup`: where each look-up's outcome is recorded.
+    pub fn new(lookup: Arc<TargetLookup>) -> Self {
+        CachedResolver {
+            inner: DefaultResolver::default(),
+            cache: Mutex::default(),
+            lookup,
+        }
+    }
+}
+
+/// Looks `host` up once on a thread of its own (a look-up may take seconds while DNS is down;
+/// start and reload do not wait for it) and records the outcome in `lookup`.
+pub fn look_up_in_background(host: &str, port: u16, lookup: Arc<TargetLookup>) {
+    let host = host.to_string();
+    let _ = std::thread::Builder::new()
+        .name("sluice-lookup".into())
+        .spawn(move || {
+            let result = match (host.as_str(), port).to_socket_addrs() {
+                Ok(addrs) if addrs.len() > 0 => Ok(()),
+                Ok(_) => Err("no address".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            lookup.record(&host, result);
+        });
 }
 
 impl fmt::Debug for CachedResolver {
@@ -94,12 +127,15 @@ impl Resolver for CachedResolver {
         match plan {
             Plan::Use(addrs) => Ok(addrs),
             Plan::LookUp { known } => {
+                let host = uri.host().unwrap_or_default();
                 match crate::runnable::blocking(|| self.inner.resolve(uri, config, timeout)) {
                     Ok(addrs) => {
                         self.cache.lock().looked_up(key, &addrs, Instant::now());
+                        self.lookup.record(host, Ok(()));
                         Ok(addrs)
                     }
                     Err(e) => {
+                        self.lookup.record(host, Err(e.to_string()));
                         if known.is_some() {
                             crate::warn!(
                                 "looking up {authority} failed ({e}); using the addresses known"
