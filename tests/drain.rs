@@ -1,8 +1,8 @@
 //! The drain (README "Shutdown"), with sluice run as a process and sent SIGTERM by its PID: a
 //! request in flight finishes byte for byte; idle kept-alive connections are closed; a request
 //! that still arrives on an open connection is forwarded with `Connection: close`; a request
-//! still running when `shutdown_grace` ends gets 503 `shutdown`, its access-log line and the
-//! `shutdown` outcome; `--check-config` warns about a grace shorter than connect + read.
+//! still running or queued when `shutdown_grace` ends gets 503 `shutdown`, its access-log line
+//! and the `shutdown` outcome; `--check-config` warns about a grace shorter than connect + read.
 
 mod common;
 
@@ -191,6 +191,31 @@ fn the_end_of_the_grace_counts_each_cut_request_as_shutdown() {
     let r = streaming.join().unwrap();
     assert_eq!(r.status, 200);
     assert!(!r.complete, "a cut stream must not look complete");
+    assert_eq!(s.metrics().outcome("shutdown"), 2);
+    assert!(s.shutdown(Duration::ZERO));
+}
+
+#[test]
+fn a_queued_request_is_answered_shutdown_when_the_grace_ends() {
+    let up = upstream();
+    let mut s = sluice(up.port(), |c| c.max_concurrent_requests = 1);
+    let addr = s.addr();
+    let busy = std::thread::spawn(move || get(addr, "/holds-the-worker?delay_ms=8000"));
+    assert!(eventually(Duration::from_secs(2), || up.request_count() >= 1));
+    let queued = std::thread::spawn(move || get(addr, "/queued"));
+    assert!(eventually(Duration::from_secs(2), || metrics(addr)
+        ["queue_size"]
+        == 1));
+    s.drain();
+    assert!(!s.wait_idle(Duration::from_millis(300)));
+    assert_eq!(s.end_grace(), 0);
+    queued.join().unwrap().assert_sluice_error(503, "shutdown");
+    busy.join().unwrap().assert_sluice_error(503, "shutdown");
+    assert_eq!(
+        up.request_count(),
+        1,
+        "the queued request never went upstream"
+    );
     assert_eq!(s.metrics().outcome("shutdown"), 2);
     assert!(s.shutdown(Duration::ZERO));
 }

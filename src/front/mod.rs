@@ -223,14 +223,14 @@ impl Front {
     /// a worker's upstream exchange is cancelled, and the worker answers 503 `shutdown` if
     /// nothing was sent to its client yet, else closes the connection (README "Shutdown").
     fn cut_all(&mut self) {
-        for away in self.away.iter().flatten() {
-            away.cancel.client_gone();
-        }
         for (_, slot) in std::mem::take(&mut self.queued) {
             if let Some(parked) = slot.take() {
                 let waited = parked.started.elapsed();
                 self.answer_parked(parked, Reason::Shutdown, waited);
             }
+        }
+        for away in self.away.iter().flatten() {
+            away.cancel.client_gone();
         }
         for key in 0..self.entries.len() {
             if self.entries[key]

@@ -141,7 +141,9 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
     let waited = started.elapsed();
     shared.metrics.record_queue_wait(waited);
     client.prompt = keep::prompt(client.last_done, started);
-    if cfg.abort_on_client_close && client.cancel.hung_up() {
+    // (After a drain's grace the front end marks every connection as hung up: those get their
+    // 503 `shutdown` below.)
+    if cfg.abort_on_client_close && client.cancel.hung_up() && !shared.grace_over() {
         // Its client left while it waited in the queue: never sent upstream.
         let ctx = RequestCtx::new(&head, &request_id, client.io.peer, started, waited);
         shared.finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
