@@ -98,6 +98,10 @@ pub fn start(config: Config) -> io::Result<Running> {
     })
 }
 
+/// How long the end of a drain's grace waits for the requests it cut to be answered and logged
+/// (a worker writing to a client that does not read may take longer; it is not waited for).
+pub const CUT_WAIT: Duration = Duration::from_secs(1);
+
 /// Connections the kernel may hold for the acceptor (std's `bind` allows only 128; bursts of new
 /// clients beyond that are dropped or reset by the kernel before sluice sees them).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -119,6 +123,11 @@ impl Running {
         self.addr
     }
 
+    /// The drain's grace in the current config (a reload may have changed it).
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shared.config().shutdown_grace
+    }
+
     pub fn metrics(&self) -> &observe::metrics::Metrics {
         &self.shared.metrics
     }
@@ -135,8 +144,9 @@ impl Running {
         fixed
     }
 
-    /// Stops accepting; health turns 503 `draining`; new requests on open connections get 503
-    /// `draining`. Requests already accepted go on.
+    /// Stops accepting (the listener closes) and closes idle kept-alive connections; health
+    /// turns 503 `draining`. Requests in flight go on, and a request that still arrives on an
+    /// open connection is forwarded; every answer from now on closes its connection.
     pub fn drain(&mut self) {
         self.shared.start_draining();
         self.back.wake();
@@ -161,10 +171,25 @@ impl Running {
         }
     }
 
-    /// Drains, waits up to `grace` for in-flight requests, then stops the workers.
+    /// The drain's grace is over: every request still queued or in flight ends now with
+    /// outcome `shutdown` (503 `shutdown` if nothing was sent to its client yet, else its
+    /// connection closes), each with its access-log line. Waits up to `CUT_WAIT` for that;
+    /// returns how many requests were still in progress then.
+    pub fn end_grace(&self) -> i64 {
+        self.shared.end_grace();
+        self.back.wake();
+        self.wait_idle(CUT_WAIT);
+        self.shared.requests_in_progress()
+    }
+
+    /// Drains, waits up to `grace` for in-flight requests, cuts what is left (`end_grace`),
+    /// then stops the workers. True if nothing had to be cut.
     pub fn shutdown(mut self, grace: Duration) -> bool {
         self.drain();
         let idle = self.wait_idle(grace);
+        if !idle {
+            self.end_grace();
+        }
         self.shared.stop();
         self.back.wake();
         if let Some(c) = self.checker.take() {

@@ -86,7 +86,6 @@ fn print_check(loaded: &Loaded) {
 
 fn run(flags: Flags, loaded: Loaded) -> ExitCode {
     let cfg = loaded.config;
-    let grace = cfg.shutdown_grace;
     let nofile = sluice::limits::raise_nofile();
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -141,6 +140,7 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
         match sig {
             SIGHUP => reload(&flags, &running),
             _ => {
+                let grace = running.shutdown_grace();
                 info!(
                     "signal {sig}: draining (grace {}s); a second signal exits at once",
                     grace.as_secs_f64()
@@ -155,9 +155,19 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
                         std::process::exit(1);
                     }
                 });
-                let idle = running.wait_idle(grace);
-                if !idle {
-                    warn!("grace period over with requests still in flight; exiting");
+                if !running.wait_idle(grace) {
+                    let cut_at = running.metrics().outcome("shutdown");
+                    let left = running.end_grace();
+                    let cut = running.metrics().outcome("shutdown") - cut_at;
+                    warn!(
+                        "shutdown_grace ({}s) over: {cut} request(s) cut with outcome shutdown{}",
+                        grace.as_secs_f64(),
+                        if left > 0 {
+                            format!(", {left} not yet answered")
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 sluice::observe::log::always(

@@ -29,6 +29,8 @@ pub struct Shared {
     pub workers: usize,
     pub queue_capacity: usize,
     draining: AtomicBool,
+    /// The drain's `shutdown_grace` ended: what is still in flight is cut (outcome `shutdown`).
+    grace_over: AtomicBool,
     stopping: AtomicBool,
     /// Proxied requests from head parsed to response written (queued, in a worker, or being
     /// answered by the front end): what a graceful drain waits for.
@@ -57,6 +59,7 @@ impl Shared {
             config: RwLock::new(Arc::new(config)),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
+            grace_over: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             in_progress: Arc::new(AtomicI64::new(0)),
             transitions: Default::default(),
@@ -97,6 +100,15 @@ impl Shared {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Relaxed);
+    }
+
+    pub fn grace_over(&self) -> bool {
+        self.grace_over.load(Relaxed)
+    }
+
+    pub fn end_grace(&self) {
+        self.draining.store(true, Relaxed);
+        self.grace_over.store(true, Relaxed);
     }
 
     pub fn stopping(&self) -> bool {

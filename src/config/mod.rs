@@ -150,6 +150,13 @@ impl Config {
                 self.queue_timeout.as_secs_f64()
             ));
         }
+        if self.shutdown_grace < self.connect_timeout + self.read_timeout {
+            w.push(format!(
+                "shutdown_grace ({}s) < connect_timeout + read_timeout ({}s): a request that started just before SIGTERM may be cut (outcome shutdown)",
+                self.shutdown_grace.as_secs_f64(),
+                (self.connect_timeout + self.read_timeout).as_secs_f64()
+            ));
+        }
         if self.circuit_breaker_timeout.is_zero() {
             w.push(
                 "circuit_breaker_timeout is 0: the breaker half-opens at once and protects nothing"
@@ -308,9 +315,14 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             queue_timeout: Duration::from_secs(600),
             circuit_breaker_timeout: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(5),
             ..Config::default()
         };
-        assert_eq!(c.warnings().len(), 5);
+        assert_eq!(c.warnings().len(), 6);
+        assert!(c
+            .warnings()
+            .iter()
+            .any(|w| w.starts_with("shutdown_grace (5s)")));
         assert!(Config {
             target_host: "x".into(),
             ..Config::default()

@@ -201,8 +201,8 @@ settings! {
     abort_on_client_close: bool = true, Bool, reload, option(String);
     /// add "Via: 1.1 sluice" to requests sent upstream: true or false (default false; an nginx upstream stops gzipping when it sees one)
     request_via: bool = false, Bool, reload, option(String);
-    /// seconds to let in-flight requests finish after SIGTERM (default 30)
-    shutdown_grace: Duration = Duration::from_secs(30), SECS_OR_ZERO, reload, option(String);
+    /// seconds to let in-flight requests finish after SIGTERM; at least connect_timeout + read_timeout (default 320)
+    shutdown_grace: Duration = Duration::from_secs(320), SECS_OR_ZERO, reload, option(String);
     /// error, warn, info or debug (default info)
     log_level: LogLevel = LogLevel::Info, Choice, reload, option(String);
     /// one JSON line per proxied request on stdout: true or false (default false)

@@ -20,7 +20,7 @@ use crate::state::Shared;
 /// The response to an admin request, and whether the connection stays open after it.
 /// `queued`: requests waiting in the queue now.
 pub fn answer(shared: &Shared, queued: usize, head: &RequestHead) -> (Vec<u8>, bool) {
-    let keep = keep_alive(head, head.framing == Framing::None, false);
+    let keep = keep_alive(head, head.framing == Framing::None, shared.draining());
     let (status, ctype, body) = if !matches!(head.method.as_str(), "GET" | "HEAD") {
         (
             405,

@@ -24,6 +24,8 @@ pub(super) struct Entry {
     /// Past this: an idle connection is closed, a begun head gets 408, a stalled answer is dropped.
     pub deadline: Instant,
     pub head_begun: bool,
+    /// No request has come on this connection yet (a drain leaves it open for its first).
+    pub fresh: bool,
     /// Answer bytes the socket has not taken yet; no new request is read until they are out.
     pub out: Vec<u8>,
     pub close_after: bool,
@@ -54,6 +56,7 @@ impl Entry {
             client,
             deadline: Instant::now(),
             head_begun: false,
+            fresh: first,
             out: Vec::new(),
             close_after: false,
             body_wait: None,
@@ -76,6 +79,7 @@ impl Entry {
     /// A new request's first byte: the idle timeout, or the header timeout when it is the
     /// connection's first request or bytes of it are already here (pipelined).
     pub fn wait_for_request(&mut self, cfg: &Config, first: bool) {
+        self.fresh = first;
         self.head_begun = self.client.io.has_buffered();
         let wait = if first || self.head_begun {
             cfg.client_header_timeout
@@ -86,7 +90,44 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// A kept-alive connection waiting for its next request, with nothing of it here yet: what a
+    /// drain closes (as nginx's graceful quit does).
+    fn idle(&self) -> bool {
+        !self.fresh
+            && !self.head_begun
+            && !self.lingering
+            && self.out.is_empty()
+            && self.body_wait.is_none()
+            && !self.client.io.has_buffered()
+    }
+}
+
 impl Front {
+    /// Draining: closes every idle kept-alive connection, after reading what it may have sent
+    /// (a request already here is served, with `Connection: close`).
+    pub(super) fn close_idle(&mut self) {
+        for key in 0..self.entries.len() {
+            if self.entries[key].as_ref().is_some_and(Entry::idle) {
+                self.advance(key);
+                self.close_if_idle(key);
+            }
+        }
+    }
+
+    /// While draining, a connection that has become idle is closed. True if it was.
+    pub(super) fn close_if_idle(&mut self, key: usize) -> bool {
+        let idle = self
+            .entries
+            .get(key)
+            .and_then(Option::as_ref)
+            .is_some_and(Entry::idle);
+        if idle && self.shared.draining() {
+            self.close(key);
+        }
+        idle && self.shared.draining()
+    }
+
     pub(super) fn insert(&mut self, key: usize, entry: Entry) {
         if key >= self.entries.len() {
             self.entries.resize_with(key + 1, || None);
@@ -131,6 +172,7 @@ impl Front {
     /// drains. True if the connection stays here, ready for its next request.
     pub(super) fn send(&mut self, key: usize, bytes: &[u8], keep: bool) -> bool {
         let cfg = self.shared.config();
+        let keep = keep && !self.shared.draining(); // a drain closes kept-alive connections
         let Some(e) = self.entry(key) else {
             return false;
         };
@@ -173,7 +215,9 @@ impl Front {
         }
         e.wait_for_request(&cfg, false);
         self.interest(key, Interest::READABLE);
-        self.advance(key);
+        if !self.close_if_idle(key) {
+            self.advance(key);
+        }
     }
 
     /// sluice's last answer is out: close now, or gracefully if the client may still be

@@ -1,6 +1,6 @@
 //! Answers the front end gives without a worker, and the one place that decides them: admin
-//! paths, `OPTIONS *`, a draining sluice and an open breaker (`policy/refusal.rs`), a full
-//! queue, a queue time run out, a head that could not be read (400/408/414/431) and the
+//! paths, `OPTIONS *`, a drain whose grace ended and an open breaker (`policy/refusal.rs`), a
+//! full queue, a queue time run out, a head that could not be read (400/408/414/431) and the
 //! connection cap. Every other request is parked in a slot and queued for a worker.
 
 use std::sync::Arc;
@@ -36,15 +36,16 @@ impl Front {
         }
         let in_progress = self.shared.begin_request();
         let request_id = headers::request_id(&head);
-        let body_done = head.framing == Framing::None;
+        // While draining, sluice's own answers close the connection too.
+        let body_done = head.framing == Framing::None && !self.shared.draining();
         let gate = Gate {
-            draining: self.shared.draining(),
+            grace_over: self.shared.grace_over(),
             queue_timeout: cfg.queue_timeout,
             breaker_open_for: self.shared.breaker_open_for(),
             ..Gate::default()
         };
         // Answered here, with no worker: `OPTIONS *`, WebSocket upgrades, requests ureq cannot
-        // send, a draining sluice, an open breaker.
+        // send, a sluice whose grace ended, an open breaker.
         let local = if route == Route::OptionsStar {
             Some((options_star(&head), Outcome::Upstream(200)))
         } else if route == Route::Upgrade {
@@ -151,8 +152,9 @@ impl Front {
         self.close(key);
     }
 
-    /// The body did not arrive whole within `client_header_timeout`: 408, then close.
-    pub(super) fn refuse_body(&mut self, key: usize) {
+    /// The body did not arrive whole within `client_header_timeout` (408 `body_timeout`), or the
+    /// drain's grace ended while it came (503 `shutdown`): answer, then close.
+    pub(super) fn refuse_body(&mut self, key: usize, reason: Reason) {
         let Some(e) = self.entry(key) else {
             return;
         };
@@ -160,7 +162,6 @@ impl Front {
             return;
         };
         e.linger_on_close = true;
-        let reason = Reason::BodyTimeout;
         let answer = answer::error(&p.head, reason, &p.request_id, None, false);
         let ctx = RequestCtx::new(&p.head, &p.request_id, peer, p.started, Duration::ZERO);
         self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
@@ -183,7 +184,7 @@ impl Front {
         } = parked;
         let cfg = self.shared.config();
         let (key, peer) = (client.key(), client.io.peer);
-        let body_done = head.framing == Framing::None;
+        let body_done = head.framing == Framing::None && !self.shared.draining();
         let answer = answer::error(&head, reason, &request_id, None, body_done);
         self.insert(key, Entry::waiting(client, &cfg, false));
         let ctx = RequestCtx::new(&head, &request_id, peer, started, waited);

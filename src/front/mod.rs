@@ -2,9 +2,11 @@
 //! connections (capped at `max_connections`; an `accept()` error such as EMFILE pauses accepting,
 //! never ends it), reads request heads from every connection that has no request in a worker —
 //! without blocking, so an idle or slow client costs a socket, not a thread — and answers what
-//! needs no worker: admin paths, `OPTIONS *`, bad heads (400/408/414/431), a draining sluice, an
-//! open breaker, a full queue, a request whose time in the queue ran out. Every other request
-//! goes onto the bounded queue for the worker pool; a worker hands a kept-alive connection back.
+//! needs no worker: admin paths, `OPTIONS *`, bad heads (400/408/414/431), a drain whose grace
+//! ended, an open breaker, a full queue, a request whose time in the queue ran out. Draining, it
+//! closes the listener and every idle kept-alive connection; when the grace ends, it cuts what
+//! is still in flight (`cut_all`). Every other request goes onto the bounded queue for the
+//! worker pool; a worker hands a kept-alive connection back.
 //!
 //! Deadlines (idle, header, queue, a stalled answer) are checked every `TICK`, and a request
 //! left waiting while a worker sleeps wakes one.
@@ -81,6 +83,8 @@ pub struct Front {
     more: Vec<usize>,
     /// Accepting stopped at its share this turn with connections possibly still waiting.
     accept_more: bool,
+    /// The drain's grace ended and what was still in flight has been cut.
+    cut: bool,
 }
 
 impl Front {
@@ -114,6 +118,7 @@ impl Front {
             last_error_log: None,
             more: Vec::new(),
             accept_more: false,
+            cut: false,
         };
         Ok((front, back))
     }
@@ -141,6 +146,11 @@ impl Front {
         while !self.shared.stopping() {
             if self.shared.draining() && self.listener.is_some() {
                 self.close_listener();
+                guarded(&shared, || self.close_idle());
+            }
+            if self.shared.grace_over() && !self.cut {
+                self.cut = true;
+                guarded(&shared, || self.cut_all());
             }
             let now = Instant::now();
             let mut timeout = next_tick.saturating_duration_since(now);
@@ -212,6 +222,30 @@ impl Front {
                 .deregister(&mut SourceFd(&l.as_raw_fd()));
         }
         self.back.listening.store(false, SeqCst);
+    }
+
+    /// The drain's grace is over: every request still here or in a worker ends now with outcome
+    /// `shutdown` — a queued one, or one whose body is still coming, is answered 503 `shutdown`;
+    /// a worker's upstream exchange is cancelled, and the worker answers 503 `shutdown` if
+    /// nothing was sent to its client yet, else closes the connection (README "Shutdown").
+    fn cut_all(&mut self) {
+        for (_, slot) in std::mem::take(&mut self.queued) {
+            if let Some(parked) = slot.take() {
+                let waited = parked.started.elapsed();
+                self.answer_parked(parked, Reason::Shutdown, waited);
+            }
+        }
+        for away in self.away.iter().flatten() {
+            away.cancel.client_gone();
+        }
+        for key in 0..self.entries.len() {
+            if self.entries[key]
+                .as_ref()
+                .is_some_and(|e| e.body_wait.is_some())
+            {
+                self.refuse_body(key, Reason::Shutdown);
+            }
+        }
     }
 
     /// Accepts at most `TURN` × 4 connections a turn: a flood of new connections is taken in
@@ -308,6 +342,8 @@ impl Front {
                 self.flush(key);
             } else if ready {
                 self.advance(key);
+            } else {
+                self.close_if_idle(key);
             }
         }
     }
@@ -398,7 +434,7 @@ impl Front {
                 continue;
             }
             if e.body_wait.is_some() {
-                self.refuse_body(key);
+                self.refuse_body(key, Reason::BodyTimeout);
             } else if e.head_begun && e.out.is_empty() {
                 self.refuse_head(key, Reason::HeaderTimeout);
             } else {

@@ -5,7 +5,7 @@ use crate::http::parse::RequestHead;
 
 /// The connection stays open only if the client asked for it, its request body was read to
 /// the end (else the unread rest would be taken for the next request), and nothing about the
-/// answer forces a close (`closes`: draining, connection cap, a close-delimited body).
+/// answer forces a close (`closes`: draining, shutdown, connection cap, a close-delimited body).
 pub fn keep_alive(head: &RequestHead, body_done: bool, closes: bool) -> bool {
     head.keep_alive && body_done && !closes
 }

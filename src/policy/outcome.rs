@@ -17,7 +17,7 @@ use super::reason::Reason;
 pub enum Origin {
     /// A malformed, unencodable or abandoned request: never held against the upstream.
     Client,
-    /// sluice's own refusal (queue, breaker, draining, connection cap).
+    /// sluice's own refusal (queue, breaker, shutdown, connection cap).
     Sluice,
     /// The upstream answered, failed or timed out.
     Upstream,

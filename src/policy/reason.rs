@@ -10,7 +10,7 @@ pub enum Reason {
     QueueFull,
     QueueTimeout,
     CircuitOpen,
-    Draining,
+    Shutdown,
     TooManyConnections,
     ConnectFailed,
     UpstreamError,
@@ -30,7 +30,7 @@ impl Reason {
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::CircuitOpen,
-        Reason::Draining,
+        Reason::Shutdown,
         Reason::TooManyConnections,
         Reason::ConnectFailed,
         Reason::UpstreamError,
@@ -50,7 +50,7 @@ impl Reason {
             Reason::QueueFull => "queue_full",
             Reason::QueueTimeout => "queue_timeout",
             Reason::CircuitOpen => "circuit_open",
-            Reason::Draining => "draining",
+            Reason::Shutdown => "shutdown",
             Reason::TooManyConnections => "too_many_connections",
             Reason::ConnectFailed => "connect_failed",
             Reason::UpstreamError => "upstream_error",
@@ -72,7 +72,7 @@ impl Reason {
             Reason::QueueFull
             | Reason::QueueTimeout
             | Reason::CircuitOpen
-            | Reason::Draining
+            | Reason::Shutdown
             | Reason::TooManyConnections => Origin::Sluice,
             Reason::ConnectFailed
             | Reason::UpstreamError
@@ -91,7 +91,7 @@ impl Reason {
     /// True if sluice closes the connection after answering with this reason, whatever the
     /// client asked for.
     pub fn closes_connection(self) -> bool {
-        matches!(self, Reason::Draining | Reason::TooManyConnections)
+        matches!(self, Reason::Shutdown | Reason::TooManyConnections)
     }
 
     pub fn status(self) -> u16 {
@@ -99,7 +99,7 @@ impl Reason {
             Reason::QueueFull
             | Reason::QueueTimeout
             | Reason::CircuitOpen
-            | Reason::Draining
+            | Reason::Shutdown
             | Reason::TooManyConnections => 503,
             Reason::ConnectFailed | Reason::UpstreamError => 502,
             Reason::ConnectTimeout | Reason::UpstreamTimeout => 504,
@@ -117,7 +117,9 @@ impl Reason {
             Reason::QueueFull => "all workers are busy and the queue is full; retry later",
             Reason::QueueTimeout => "the request waited too long in the queue for a worker",
             Reason::CircuitOpen => "the upstream is failing; the circuit breaker is open",
-            Reason::Draining => "sluice is shutting down",
+            Reason::Shutdown => {
+                "sluice shut down (its shutdown_grace ended) before this request was answered"
+            }
             Reason::TooManyConnections => "too many client connections",
             Reason::ConnectFailed => "could not connect to the upstream",
             Reason::UpstreamError => {

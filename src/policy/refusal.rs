@@ -1,5 +1,5 @@
-//! The one decision to refuse a request without forwarding it — draining, queue time run out,
-//! breaker open — and its `Retry-After`. The front end asks before queueing, the worker again
+//! The one decision to refuse a request without forwarding it — shutdown (the drain's grace
+//! ended), queue time run out, breaker open — and its `Retry-After`. The front end asks before queueing, the worker again
 //! when it takes the request (the queue wait and the breaker may have changed); both use
 //! `refusal`. Pure: the caller passes what it knows, no clock is read here.
 
@@ -28,7 +28,9 @@ impl Refusal {
 /// What is known about a request when it may be refused.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gate {
-    pub draining: bool,
+    /// The drain's `shutdown_grace` is over: nothing more is forwarded. (While draining, a
+    /// request that arrives on an open connection is still forwarded.)
+    pub grace_over: bool,
     /// Time the request has waited for a worker so far.
     pub waited: Duration,
     pub queue_timeout: Duration,
@@ -36,10 +38,10 @@ pub struct Gate {
     pub breaker_open_for: Option<Duration>,
 }
 
-/// Refuse, and why — in this order: draining, queue time run out, breaker open.
+/// Refuse, and why — in this order: shutdown, queue time run out, breaker open.
 pub fn refusal(g: &Gate) -> Option<Refusal> {
-    if g.draining {
-        Some(Refusal::new(Reason::Draining, None))
+    if g.grace_over {
+        Some(Refusal::new(Reason::Shutdown, None))
     } else if g.waited > g.queue_timeout {
         Some(Refusal::new(Reason::QueueTimeout, None))
     } else {
@@ -65,16 +67,16 @@ mod tests {
     }
 
     #[test]
-    fn draining_comes_first_then_queue_time_then_the_breaker() {
+    fn shutdown_comes_first_then_queue_time_then_the_breaker() {
         let all = Gate {
-            draining: true,
+            grace_over: true,
             waited: Duration::from_secs(31),
             breaker_open_for: Some(Duration::from_secs(3)),
             ..gate()
         };
-        assert_eq!(refusal(&all).unwrap().reason, Reason::Draining);
+        assert_eq!(refusal(&all).unwrap().reason, Reason::Shutdown);
         let g = Gate {
-            draining: false,
+            grace_over: false,
             ..all
         };
         assert_eq!(refusal(&g).unwrap().reason, Reason::QueueTimeout);

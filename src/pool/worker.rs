@@ -141,7 +141,9 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
     let waited = started.elapsed();
     shared.metrics.record_queue_wait(waited);
     client.prompt = keep::prompt(client.last_done, started);
-    if cfg.abort_on_client_close && client.cancel.hung_up() {
+    // (After a drain's grace the front end marks every connection as hung up: those get their
+    // 503 `shutdown` below.)
+    if cfg.abort_on_client_close && client.cancel.hung_up() && !shared.grace_over() {
         // Its client left while it waited in the queue: never sent upstream.
         let ctx = RequestCtx::new(&head, &request_id, client.io.peer, started, waited);
         shared.finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
@@ -150,6 +152,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
     let cancel = client.cancel.clone();
     let (conn, rid) = (&mut client.io, request_id.as_str());
     let gate = Gate {
+        grace_over: shared.grace_over(),
         waited,
         queue_timeout: cfg.queue_timeout,
         ..Gate::default()
@@ -166,7 +169,9 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
         Ok(a) => {
             let upstream = pool.upstream.get();
             let probe = a.probe();
-            let watched = cfg.abort_on_client_close.then(|| Current::set(&cancel));
+            // Set whatever `abort_on_client_close` says: the end of a drain's grace cancels too
+            // (the front end passes a client's hang-up on only when the setting is on).
+            let _current = Current::set(&cancel);
             let x = Exchange {
                 shared,
                 cfg: &cfg,
@@ -174,7 +179,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
                 head: &head,
                 request_id: rid,
                 probe: probe.is_some(),
-                cancel: watched.as_ref().map(|_| &*cancel),
+                cancel: Some(&cancel),
             };
             let mut verdict = shared.verdict_report(probe);
             forward(&x, conn, scratch, &mut verdict)
@@ -184,9 +189,11 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
     shared.finish(&ctx, &fin);
     // Before the hand-back, so the client's next request finds this worker free.
     drop((ticket, active, in_progress));
-    // sluice's own answer on a connection that closes: the front end drains what the client
-    // still sends before closing, so the answer is not lost to a reset.
-    if !fin.keep_alive && matches!(fin.outcome, Outcome::Sluice(_)) && !client.io.has_unsent() {
+    // sluice's own answer on a connection that closes, or any answer closing a connection a
+    // drain ends: the front end drains what the client still sends (a request it sent on)
+    // before closing, so the answer is not lost to a reset.
+    let closing = matches!(fin.outcome, Outcome::Sluice(_)) || shared.draining();
+    if !fin.keep_alive && closing && !client.io.has_unsent() {
         client.io.leave_unsent(Vec::new(), true);
     }
     client.last_done = Some(Instant::now());

@@ -1,6 +1,7 @@
 //! Forwarding one request: read (or start streaming) its body, send it to the upstream through
 //! the shared agent, retry when the retry policy allows (`policy/retry.rs`: safe failures only,
-//! backoff with jitter, the budget, never while the breaker is not closed), then relay the
+//! backoff with jitter, the budget, never while the breaker is not closed) within the request's
+//! one deadline (`policy/deadline.rs`: a retry's timeout is what is left), then relay the
 //! response (`relay.rs`).
 //!
 //! Not here: queueing and the breaker's admission (`pool/worker.rs`), parsing (`http/`).
@@ -10,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use ureq::http;
-use ureq::{Body, SendBody};
+use ureq::{AsSendBody, Body, SendBody};
 
 use super::agent::Upstream;
 use super::classify::{cause, classify};
@@ -23,6 +24,7 @@ use crate::http::conn::ClientConn;
 use crate::http::pace::Pace;
 use crate::http::parse::{Framing, RequestHead};
 use crate::policy::breaker::Verdict;
+use crate::policy::deadline::Deadline;
 use crate::policy::outcome::{AttemptFailure, Finished, Outcome};
 use crate::policy::reason::Reason;
 use crate::policy::retry;
@@ -42,7 +44,8 @@ pub struct Exchange<'a> {
     pub request_id: &'a str,
     /// The breaker's half-open probe: one attempt, no retries.
     pub probe: bool,
-    /// Set when a client hang-up cancels the exchange (`abort_on_client_close`).
+    /// Set when a client hang-up (`abort_on_client_close`) or the end of a drain's grace
+    /// cancels the exchange.
     pub cancel: Option<&'a Cancel>,
 }
 
@@ -136,9 +139,12 @@ pub fn forward(
             let mut fin = relay(x, conn, resp, body_done, scratch);
             drop(attempt); // after the body's reader: its socket is back in the pool or closed
             if x.cancelled() {
-                fin = Finished::new(Outcome::ClientAbort, false); // the upstream did not fail
+                fin = Finished::new(cancelled(x), false); // the upstream did not fail
             }
             fin
+        }
+        Attempts::ClientGone if x.shared.grace_over() => {
+            answer::send(conn, head, Reason::Shutdown, rid, None, body_done)
         }
         Attempts::ClientGone => Finished::new(Outcome::ClientAbort, false),
         Attempts::ClientBody => {
@@ -158,6 +164,15 @@ pub fn forward(
     fin.bytes_in = bytes_in;
     fin.upstream_time = upstream_time;
     fin
+}
+
+/// Who cancelled an exchange: the end of a drain's grace, else its client's hang-up.
+fn cancelled(x: &Exchange<'_>) -> Outcome {
+    if x.shared.grace_over() {
+        Outcome::Sluice(Reason::Shutdown)
+    } else {
+        Outcome::ClientAbort
+    }
 }
 
 /// Reads a small body of an idempotent request whole, so that a retry can replay it.
@@ -183,7 +198,7 @@ fn attempt_all(
     payload: &Payload,
     body: &mut RequestBody<'_>,
 ) -> (Attempts, u32, Duration) {
-    let deadline = Instant::now() + x.cfg.read_timeout;
+    let mut deadline = Deadline::new(Instant::now(), x.cfg.read_timeout);
     let mut attempts = 0u32;
     let mut upstream_time = Duration::ZERO;
     let ended = loop {
@@ -192,20 +207,26 @@ fn attempt_all(
         // Its sockets are attached to it until it is dropped: at the latest before a back-off.
         let attempt = Attempt::begin();
         let t = Instant::now();
+        // The first attempt has all of `read_timeout` (the agent's own timeouts); a retry what
+        // is left of it.
+        let left = (attempts > 1).then(|| deadline.left(t));
+        let agent = &x.upstream.agent;
         let res = match payload {
-            Payload::Empty => x.upstream.agent.run(with_body(template, ())),
-            Payload::Buffered(b) => x.upstream.agent.run(with_body(template, b.as_slice())),
+            Payload::Empty => agent.run(timed(agent, with_body(template, ()), left)),
+            Payload::Buffered(b) => {
+                agent.run(timed(agent, with_body(template, b.as_slice()), left))
+            }
             Payload::Streamed => {
                 let mut reader = Watched {
                     body: &mut *body,
                     x,
                 };
-                x.upstream
-                    .agent
-                    .run(with_body(template, SendBody::from_reader(&mut reader)))
+                let req = with_body(template, SendBody::from_reader(&mut reader));
+                agent.run(timed(agent, req, left))
             }
         };
-        upstream_time += t.elapsed();
+        let took = t.elapsed();
+        upstream_time += took;
         if x.cancelled() {
             break Attempts::ClientGone;
         }
@@ -221,12 +242,18 @@ fn attempt_all(
             Ok(r) => AttemptFailure::Status(r.status().as_u16()),
             Err(e) => classify(e),
         };
+        if matches!(
+            failure,
+            AttemptFailure::Connect | AttemptFailure::ConnectTimeout
+        ) {
+            deadline.excuse(took); // it never got past connecting
+        }
         let detail = match &res {
             Ok(r) => format!("{}: answered {}", authority(&x.upstream.base), r.status()),
             Err(e) => format!("{}: {}", authority(&x.upstream.base), cause(e)),
         };
         let replayable = !matches!(payload, Payload::Streamed);
-        let Some(delay) = retry_delay(x, failure, attempts, replayable, body.read > 0, deadline)
+        let Some(delay) = retry_delay(x, failure, attempts, replayable, body.read > 0, &deadline)
         else {
             break match res {
                 Ok(r) => Attempts::Response(r, attempt),
@@ -250,16 +277,34 @@ fn attempt_all(
     (ended, attempts, upstream_time)
 }
 
+/// `req` with what is `left` of the request's deadline as its timeouts for sending the request
+/// and awaiting the response head (`None`: the agent's own, all of `read_timeout`). The time its
+/// connect takes is timed apart by ureq (`connect_timeout`), so it does not eat into `left`.
+fn timed<B: AsSendBody>(
+    agent: &ureq::Agent,
+    req: http::Request<B>,
+    left: Option<Duration>,
+) -> http::Request<B> {
+    match left {
+        None => req,
+        Some(left) => agent
+            .configure_request(req)
+            .timeout_send_request(Some(left))
+            .timeout_recv_response(Some(left))
+            .build(),
+    }
+}
+
 /// The wait before another attempt after attempt number `attempts` failed, or `None` to stop:
-/// the policy says no, the breaker is not closed, the wait would pass the deadline, or the
-/// retry budget is spent.
+/// the policy says no, the breaker is not closed, too little of the deadline would be left
+/// after the wait (`policy/deadline.rs`), or the retry budget is spent.
 fn retry_delay(
     x: &Exchange<'_>,
     failure: AttemptFailure,
     attempts: u32,
     replayable: bool,
     body_started: bool,
-    deadline: Instant,
+    deadline: &Deadline,
 ) -> Option<Duration> {
     let allowed = !x.probe
         && attempts <= x.cfg.max_retries
@@ -267,7 +312,7 @@ fn retry_delay(
         && x.shared.breaker_closed();
     let delay = retry::backoff(x.cfg.retry_backoff_factor, attempts, crate::rand::unit());
     let go = allowed
-        && Instant::now() + delay < deadline
+        && deadline.retry_fits(Instant::now(), delay)
         && x.shared.budget.lock().withdraw(Instant::now());
     go.then_some(delay)
 }

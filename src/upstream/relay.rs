@@ -137,7 +137,9 @@ pub fn relay(
         return answer::send(conn, head, reason, request_id, None, body_done);
     };
     let framing = response_framing(head, status, length);
-    let keep = keep_alive(head, body_done, framing == BodyFraming::Close);
+    // Draining: the answer says `Connection: close` (README "Shutdown").
+    let closes = framing == BodyFraming::Close || x.shared.draining();
+    let keep = keep_alive(head, body_done, closes);
     let parts = (framing, length);
     let mut out = response_head(head, status, resp.headers(), parts, keep, request_id);
     let mut reader = resp.into_body().into_reader();
