@@ -147,6 +147,8 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
                     sluice::config::LogLevel::Info,
                     format_args!("drained; exiting"),
                 );
+                // Every line logged is out before the exit (unless a reader stalls that long).
+                sluice::observe::log::flush(Duration::from_secs(5));
                 return ExitCode::SUCCESS;
             }
         }

@@ -136,6 +136,8 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "consecutive_failures": b.consecutive_failures,
             "circuit_times_opened": b.times_opened,
             "seconds_since_circuit_transition": b.since_transition,
+            "access_log_dropped": m.access_log_dropped(),
+            "log_dropped": m.log_dropped(),
             "outcomes": c
                 .by_label
                 .iter()
@@ -269,5 +271,20 @@ pub fn prometheus(shared: &Shared, queued: usize) -> String {
         "sluice_worker_panics_total {}",
         m.worker_panics.load(Relaxed)
     );
+    for (name, help, n) in [
+        (
+            "sluice_access_log_dropped_total",
+            "Access-log lines dropped: stdout did not take them (a reader that stalls).",
+            m.access_log_dropped(),
+        ),
+        (
+            "sluice_log_dropped_total",
+            "Log lines dropped: stderr did not take them (a reader that stalls).",
+            m.log_dropped(),
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {n}");
+    }
     o
 }

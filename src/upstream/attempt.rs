@@ -228,7 +228,7 @@ fn attempt_all(
             x.request_id
         );
         drop(res);
-        crate::runnable::blocking(|| std::thread::sleep(delay));
+        crate::runnable::sleep(delay);
     };
     if attempts > 1 {
         let m = &x.shared.metrics;
@@ -288,8 +288,7 @@ struct Watched<'b, 'c, 'x> {
 
 impl Read for Watched<'_, '_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let body = &mut *self.body;
-        let n = crate::runnable::blocking(|| body.read(buf))?;
+        let n = self.body.read(buf)?;
         if n == 0 && self.body.is_complete() {
             self.x.client_done();
         }

@@ -4,7 +4,8 @@
 //! under `ndots:5`), and a DNS outage would fail requests that need no new connection. Here the
 //! addresses of the one target are kept for `FRESH`; then one request looks them up again while
 //! the others go on with the ones known; if that look-up fails, the known addresses are used
-//! for another `RETRY` before the next try (README "Settings", `target_host`).
+//! for another `RETRY` before the next try (README "Settings", `target_host`). A look-up is
+//! `MarkedLookUp`'s, marked as a call that may block (`runnable.rs`).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -23,8 +24,23 @@ pub const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct CachedResolver {
-    inner: DefaultResolver,
+    inner: MarkedLookUp,
     cache: Mutex<Cache>,
+}
+
+/// ureq's look-up (`getaddrinfo`), with the worker counted as not running while it waits.
+#[derive(Debug, Default)]
+struct MarkedLookUp(DefaultResolver);
+
+impl Resolver for MarkedLookUp {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, Error> {
+        crate::runnable::blocking(|| self.0.resolve(uri, config, timeout))
+    }
 }
 
 impl fmt::Debug for CachedResolver {
@@ -93,22 +109,20 @@ impl Resolver for CachedResolver {
         let plan = self.cache.lock().plan(key, Instant::now());
         match plan {
             Plan::Use(addrs) => Ok(addrs),
-            Plan::LookUp { known } => {
-                match crate::runnable::blocking(|| self.inner.resolve(uri, config, timeout)) {
-                    Ok(addrs) => {
-                        self.cache.lock().looked_up(key, &addrs, Instant::now());
-                        Ok(addrs)
-                    }
-                    Err(e) => {
-                        if known.is_some() {
-                            crate::warn!(
-                                "looking up {authority} failed ({e}); using the addresses known"
-                            );
-                        }
-                        known.ok_or(e)
-                    }
+            Plan::LookUp { known } => match self.inner.resolve(uri, config, timeout) {
+                Ok(addrs) => {
+                    self.cache.lock().looked_up(key, &addrs, Instant::now());
+                    Ok(addrs)
                 }
-            }
+                Err(e) => {
+                    if known.is_some() {
+                        crate::warn!(
+                            "looking up {authority} failed ({e}); using the addresses known"
+                        );
+                    }
+                    known.ok_or(e)
+                }
+            },
         }
     }
 }
@@ -153,6 +167,36 @@ mod tests {
         ));
         c.looked_up(A, &addrs(2), due + RETRY);
         assert_eq!(port(c.plan(A, due + RETRY)), Some(2));
+    }
+
+    #[test]
+    fn a_look_up_is_marked_as_a_call_that_may_block() {
+        #[derive(Default)]
+        struct Blocks(std::sync::atomic::AtomicU32);
+        impl crate::runnable::Runnable for Blocks {
+            fn blocks(&self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            fn resumes(&self) {}
+        }
+        let blocks = std::sync::Arc::new(Blocks::default());
+        crate::runnable::register(blocks.clone());
+        let r = CachedResolver::default();
+        let uri: Uri = "http://127.0.0.1:1/".parse().unwrap();
+        let timeout = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::Exact(Duration::from_secs(5)),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        let cfg = Config::default();
+        r.resolve(&uri, &cfg, timeout).unwrap();
+        assert_eq!(blocks.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        r.resolve(&uri, &cfg, timeout).unwrap();
+        assert_eq!(
+            blocks.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "cached"
+        );
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
 //! changes on every request); see `keep_close`. Before each socket operation the connection
 //! attaches itself to the worker's current exchange, so a client's hang-up can cancel it
-//! (`cancel.rs`). Its buffers are held only while used (`buffers.rs`).
+//! (`cancel.rs`). Its buffers are held only while used (`buffers.rs`). Its socket is a
+//! `MarkedStream`: every connect, read and write is marked as a call that may block
+//! (`runnable.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use ureq::{Error, Timeout};
 
 use super::buffers::{SlimBuffers, INPUT_MAX};
 use super::cancel::{attach_current, Attached};
+use crate::runnable::MarkedStream;
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
 #[derive(Debug, Default)]
@@ -42,14 +45,10 @@ impl Connector<()> for UpstreamTcp {
         let timeout = details.timeout.not_zero().map(|t| *t);
         let mut last = None;
         for addr in details.addrs.iter() {
-            let connected = crate::runnable::blocking(|| match timeout {
-                Some(t) => TcpStream::connect_timeout(addr, t),
-                None => TcpStream::connect(addr),
-            });
-            match connected {
+            match MarkedStream::connect(addr, timeout) {
                 Ok(stream) => {
                     if details.config.no_delay() {
-                        stream.set_nodelay(true)?;
+                        stream.socket().set_nodelay(true)?;
                     }
                     let buffers = SlimBuffers::new(INPUT_MAX, details.config.output_buffer_size());
                     let stream = Arc::new(Sock(stream));
@@ -82,11 +81,11 @@ impl Connector<()> for UpstreamTcp {
 }
 
 /// The socket, shared (weakly) with ureq's shutdown handle.
-struct Sock(TcpStream);
+struct Sock(MarkedStream);
 
 impl ShutdownHandle for Sock {
     fn shutdown(&self) {
-        let _ = self.0.shutdown(Shutdown::Both);
+        let _ = self.0.socket().shutdown(Shutdown::Both);
     }
 }
 
@@ -106,7 +105,7 @@ pub struct TcpConn {
 impl fmt::Debug for TcpConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpConn")
-            .field("peer", &self.stream.0.peer_addr().ok())
+            .field("peer", &self.stream.0.socket().peer_addr().ok())
             .finish()
     }
 }
@@ -156,10 +155,11 @@ impl Transport for TcpConn {
         attach_current(&self.handle, &mut self.attached);
         let timeout = timeout.for_write();
         let want = left(timeout)?;
-        let sock = &self.stream.0;
+        let sock = self.stream.0.socket();
         keep_close(&mut self.write_timeout, want, |t| sock.set_write_timeout(t))?;
         let output = &self.buffers.output()[..amount];
-        crate::runnable::blocking(|| (&self.stream.0).write_all(output))
+        (&self.stream.0)
+            .write_all(output)
             .map_err(|e| timed_out(e, timeout.reason))
     }
 
@@ -170,11 +170,11 @@ impl Transport for TcpConn {
         attach_current(&self.handle, &mut self.attached);
         let timeout = timeout.for_read();
         let want = left(timeout)?;
-        let sock = &self.stream.0;
+        let sock = self.stream.0.socket();
         keep_close(&mut self.read_timeout, want, |t| sock.set_read_timeout(t))?;
         let input = self.buffers.input_append_buf();
         let n = loop {
-            match crate::runnable::blocking(|| (&self.stream.0).read(input)) {
+            match (&self.stream.0).read(input) {
                 // Linux does not restart a socket read with a timeout after a signal.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r.map_err(|e| timed_out(e, timeout.reason))?,
@@ -198,7 +198,7 @@ impl Transport for TcpConn {
         }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];
         let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-        match SockRef::from(&self.stream.0).recv_with_flags(&mut probe, flags) {
+        match SockRef::from(self.stream.0.socket()).recv_with_flags(&mut probe, flags) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             Ok(_) => false, // data (garbage) or 0 (closed)
         }
