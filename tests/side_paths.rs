@@ -166,6 +166,8 @@ enum Kind {
     ClientResponseWrite,
     /// An upstream that takes long to answer.
     UpstreamRead,
+    /// A large body to an upstream that does not read it yet.
+    UpstreamWrite,
     /// An upstream whose accept queue is full: the connect waits.
     UpstreamConnect,
     /// A 503 retried after a long back-off.
@@ -186,10 +188,22 @@ fn blocker(addr: SocketAddr, kind: Kind) -> TcpStream {
         }
         Kind::ClientResponseWrite => "GET /?body_bytes=64000000 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
         Kind::UpstreamRead => "GET /?delay_ms=4000 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        Kind::UpstreamWrite => {
+            "POST /?hold_body_ms=4000 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+                .into()
+        }
         Kind::UpstreamConnect => "GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(),
         Kind::Backoff => "GET /?status=503 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
     };
     s.write_all(head.as_bytes()).unwrap();
+    if let Kind::UpstreamWrite = kind {
+        // The body comes as fast as sluice takes it, until the socket is shut down.
+        let mut body = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'b'; 64 * 1024];
+            while body.write_all(&chunk).is_ok() {}
+        });
+    }
     s
 }
 
@@ -269,7 +283,9 @@ fn probe_wait(kind: Kind, blockers: usize, probes: usize) -> Duration {
         waits.push(took.saturating_sub(connect_timeout));
     }
     let after = avg_queue_wait();
-    drop(held);
+    for s in held {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
     drop(filler);
     waits.sort();
     let (b, p) = (blockers as f64, probes as f64);
@@ -290,6 +306,7 @@ fn a_worker_blocked_in_any_call_lets_queued_requests_start_at_once() {
         Kind::ClientBodyStreamed,
         Kind::ClientResponseWrite,
         Kind::UpstreamRead,
+        Kind::UpstreamWrite,
         Kind::UpstreamConnect,
         Kind::Backoff,
     ];

@@ -2,7 +2,7 @@
 //! `--log-level`, and the JSON access log on stdout. Both go out through a bounded outbox
 //! (`outbox.rs`) written by a thread of its own, so that an output nobody drains never blocks
 //! a worker or the front end: a line that does not fit is dropped and counted (README
-//! "Observability"). Also owns wall-clock formatting (RFC 3339), the only place sluice reads the
+//! "Monitoring"). Also owns wall-clock formatting (RFC 3339), the only place sluice reads the
 //! calendar.
 
 use std::io::Write;
