@@ -81,7 +81,8 @@ fn an_undrained_stdout_and_stderr_never_stall_the_proxy() {
     let _child = Kill(child);
 
     // Long targets make long access-log lines: the 64 KiB pipe and the 1 MiB buffer behind it
-    // fill after about 450 requests (on main, sluice stopped after about 274).
+    // fill after about 450 requests (on main, sluice stopped once the pipe was full: after 226
+    // to 274 requests, depending on the lines' length).
     let target = format!("/{}", "a".repeat(2000));
     let per_client = 300;
     let clients: Vec<_> = (0..4)
@@ -207,7 +208,7 @@ fn blocker(addr: SocketAddr, kind: Kind) -> TcpStream {
     s
 }
 
-/// How long the probes waited for a worker on average (sluice's own measure: from the head
+/// How long the probes waited for a worker, the median (sluice's own measure: from the head
 /// read to a worker taking it), `probes` requests sent one after another while `blockers`
 /// workers block in `kind`.
 fn probe_wait(kind: Kind, blockers: usize, probes: usize) -> Duration {
@@ -256,42 +257,47 @@ fn probe_wait(kind: Kind, blockers: usize, probes: usize) -> Duration {
         "{kind:?}: every blocker in a worker"
     );
     std::thread::sleep(Duration::from_millis(300)); // each reaches its blocking call
+                                                    // Each probe's wait, from the mean queue wait before and after it (admin requests are not
+                                                    // counted in it).
     let avg_queue_wait = || common::metrics(addr)["avg_queue_wait"].as_f64().unwrap();
-    let before = avg_queue_wait();
+    let mut taken = blockers;
+    let mut before = avg_queue_wait();
     let mut waits = Vec::new();
     let mut pending = Vec::new();
     for i in 0..probes {
         std::thread::sleep(Duration::from_millis(7 + (i as u64 * 5) % 13));
         match kind {
             Kind::UpstreamConnect => {
-                // Probes wait in the connect too: each is answered when its connect times out
-                // (the client-side time printed is what is left beyond that timeout).
+                // Probes wait in the connect too: answered 504 when it times out.
                 pending.push(std::thread::spawn(move || {
                     timed_get(addr, "/", Duration::from_secs(10))
                 }));
+                assert!(common::eventually(Duration::from_secs(5), || {
+                    common::active(addr) == (taken + 1) as u64
+                }));
             }
             _ => {
-                let (status, took) = timed_get(addr, "/", Duration::from_secs(10));
+                let (status, _) = timed_get(addr, "/", Duration::from_secs(10));
                 assert_eq!(status, 200, "{kind:?}");
-                waits.push(took);
             }
         }
+        let after = avg_queue_wait();
+        let n = taken as f64;
+        waits.push(Duration::from_secs_f64(
+            (after * (n + 1.0) - before * n).max(0.0),
+        ));
+        (taken, before) = (taken + 1, after);
     }
     for p in pending {
-        let (status, took) = p.join().unwrap();
-        assert_eq!(status, 504, "{kind:?}: connect_timeout");
-        waits.push(took.saturating_sub(connect_timeout));
+        assert_eq!(p.join().unwrap().0, 504, "{kind:?}: connect_timeout");
     }
-    let after = avg_queue_wait();
     for s in held {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
     drop(filler);
     waits.sort();
-    let (b, p) = (blockers as f64, probes as f64);
-    let mean = Duration::from_secs_f64(((after * (b + p) - before * b) / p).max(0.0));
-    eprintln!("{kind:?}: probes waited a mean {mean:?} in the queue; client side {waits:?}");
-    mean
+    eprintln!("{kind:?}: probes waited in the queue {waits:?}");
+    percentile(&waits, 0.5)
 }
 
 /// A worker blocked in any kind of call is not running: a request queued meanwhile wakes a
@@ -312,10 +318,35 @@ fn a_worker_blocked_in_any_call_lets_queued_requests_start_at_once() {
     ];
     // One kind at a time: the probes' timings are the test.
     for kind in kinds {
-        let mean = probe_wait(kind, blockers, 9);
+        let median = probe_wait(kind, blockers, 15);
+        // Measured: tens of µs; with the body read unmarked (main before this test), 5-10 ms.
         assert!(
-            mean < Duration::from_millis(6),
-            "{kind:?}: queued requests waited a mean {mean:?} (the front end's tick is 20 ms)"
+            median < Duration::from_millis(2),
+            "{kind:?}: queued requests waited a median {median:?} (the front end's tick is 20 ms)"
         );
     }
+}
+
+/// On SIGTERM every access-log line of a request answered is on stdout before the exit.
+#[test]
+fn a_clean_shutdown_writes_out_every_logged_line() {
+    let up = common::upstream();
+    let mut p = common::Proc::in_front_of_keeping_stdout(up.port(), &["--access-log"]);
+    let mut c = Conn::open(p.addr);
+    for i in 0..150 {
+        assert_eq!(c.get(&format!("/line-{i}")).status, 200);
+    }
+    drop(c);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let mut out = String::new();
+    p.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 150, "{out}");
+    assert!(lines[149].contains("\"/line-149\""), "{}", lines[149]);
 }

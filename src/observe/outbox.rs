@@ -171,7 +171,10 @@ mod tests {
             }
         }
         assert!(t.elapsed() < Duration::from_secs(1), "pushes never wait");
-        assert!((10..=20).contains(&kept), "the buffer and one batch: {kept}");
+        assert!(
+            (10..=20).contains(&kept),
+            "the buffer and one batch: {kept}"
+        );
         assert_eq!(BOX.dropped(), 1000 - kept);
         assert!(
             !BOX.flush(Duration::from_millis(20)),
