@@ -124,7 +124,7 @@ pub fn send(
 
 /// Writes an answer on a blocking connection (a worker's) and says how the request ended.
 pub fn write(conn: &mut ClientConn, a: Answer, outcome: Outcome) -> Finished {
-    let sent = crate::runnable::blocking(|| conn.write_all(&a.bytes)).is_ok();
+    let sent = conn.write_all(&a.bytes).is_ok();
     Finished {
         bytes_out: a.bytes.len() as u64,
         ..Finished::new(outcome, a.keep && sent)

@@ -20,13 +20,13 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod observe;
+pub mod runnable;
 
 mod answer;
 mod front;
 mod policy;
 mod pool;
 mod rand;
-mod runnable;
 mod state;
 mod upstream;
 

@@ -94,6 +94,19 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // A panic's message goes through the log's outbox too: a worker that panics while nobody
+    // drains stderr must not block in the default hook's write (README "Monitoring").
+    std::panic::set_hook(Box::new(|info| {
+        let trace = std::backtrace::Backtrace::capture();
+        let trace = match trace.status() {
+            std::backtrace::BacktraceStatus::Captured => format!("\n{trace}"),
+            _ => String::new(),
+        };
+        sluice::observe::log::always(
+            sluice::config::LogLevel::Error,
+            format_args!("{info}{trace}"),
+        );
+    }));
     let mut running = match sluice::start(cfg.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -174,6 +187,8 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
                     sluice::config::LogLevel::Info,
                     format_args!("drained; exiting"),
                 );
+                // Every line logged is out before the exit (unless a reader stalls that long).
+                sluice::observe::log::flush(Duration::from_secs(5));
                 return ExitCode::SUCCESS;
             }
         }

@@ -177,6 +177,8 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "seconds_since_health_check": hc["seconds_since_last"],
             "health_checks_passed": m.health_checks_passed.load(Relaxed),
             "health_checks_failed": m.health_checks_failed.load(Relaxed),
+            "access_log_dropped": m.access_log_dropped(),
+            "log_dropped": m.log_dropped(),
             "outcomes": c
                 .by_label
                 .iter()
@@ -309,6 +311,21 @@ pub fn prometheus(shared: &Shared, queued: usize) -> String {
         "sluice_worker_panics_total {}",
         m.worker_panics.load(Relaxed)
     );
+    for (name, help, n) in [
+        (
+            "sluice_access_log_dropped_total",
+            "Access-log lines dropped: stdout did not take them (a reader that stalls).",
+            m.access_log_dropped(),
+        ),
+        (
+            "sluice_log_dropped_total",
+            "Log lines dropped: stderr did not take them (a reader that stalls).",
+            m.log_dropped(),
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {n}");
+    }
     o
 }
 

@@ -134,6 +134,7 @@ impl Front {
                 let ran = catch_unwind(AssertUnwindSafe(|| self.run()));
                 if ran.is_err() || !shared.stopping() {
                     crate::error!("the front end stopped; exiting so that sluice is restarted");
+                    crate::observe::log::flush(std::time::Duration::from_secs(1));
                     std::process::exit(70);
                 }
             })

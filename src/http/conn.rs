@@ -1,7 +1,9 @@
 //! One client connection's socket with its read buffer: reading request heads (non-blocking for
 //! the front end's event loop; blocking under idle and header deadlines for the test upstream),
 //! and `BufRead` for bodies. Bytes past the current request stay buffered, so
-//! pipelined requests are served in order.
+//! pipelined requests are served in order. Every read or write that may block goes through the
+//! socket's `MarkedStream` (`runnable.rs`), so a worker blocked on its client counts as not
+//! running.
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,6 +13,7 @@ use super::body::{BodyError, RequestBody};
 use super::parse::{Framing, HeadError, RequestHead};
 use super::readbuf::ReadBuf;
 use crate::http::pace::Pace;
+use crate::runnable::MarkedStream;
 
 /// A connection's read buffer's first size (a usual request head fits; a longer one doubles it).
 pub(super) const INITIAL_BUFFER: usize = 2048;
@@ -54,7 +57,7 @@ pub struct HeadDeadlines {
 }
 
 pub struct ClientConn {
-    stream: TcpStream,
+    stream: MarkedStream,
     rb: ReadBuf,
     /// The socket's current read timeout, so it is set only when it changes (a syscall).
     read_timeout: Option<Duration>,
@@ -91,7 +94,7 @@ pub enum BodyPoll {
 /// Reads a connection's bytes: buffered ones first, then the socket (under the read pace).
 pub struct Reader<'a> {
     rb: &'a mut ReadBuf,
-    stream: &'a TcpStream,
+    stream: &'a MarkedStream,
     pace: Option<&'a mut Paced>,
     read_timeout: &'a mut Option<Duration>,
     io_timeout: Duration,
@@ -102,7 +105,7 @@ impl ClientConn {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(io_timeout));
         ClientConn {
-            stream,
+            stream: MarkedStream::new(stream),
             read_timeout: None,
             rb: ReadBuf {
                 buf: Vec::new(),
@@ -118,22 +121,24 @@ impl ClientConn {
         }
     }
 
+    /// The socket, for its options and the calls that never wait (its blocking reads and
+    /// writes are this type's, marked).
     pub fn stream(&self) -> &TcpStream {
+        self.stream.socket()
+    }
+
+    /// A `Write` for the client socket (blocking, marked).
+    pub fn writer(&self) -> &MarkedStream {
         &self.stream
     }
 
-    /// A `Write` for the client socket.
-    pub fn writer(&self) -> &TcpStream {
-        &self.stream
-    }
-
-    /// Writes all of `bytes` to the client.
+    /// Writes all of `bytes` to the client, blocking.
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         (&self.stream).write_all(bytes)
     }
 
-    /// The reader half and the socket, borrowed together.
-    pub fn split(&mut self) -> (Reader<'_>, &TcpStream) {
+    /// The reader half and the socket (to write an interim response), borrowed together.
+    pub fn split(&mut self) -> (Reader<'_>, &MarkedStream) {
         (
             Reader {
                 rb: &mut self.rb,
@@ -171,7 +176,7 @@ impl ClientConn {
                 let grown = (rb.buf.len() * 2).clamp(INITIAL_BUFFER, rb.pos + room);
                 rb.buf.resize(grown, 0);
             }
-            match recv_now(&self.stream, &mut rb.buf[rb.end..]) {
+            match recv_now(self.stream.socket(), &mut rb.buf[rb.end..]) {
                 Ok(0) => return BodyPoll::Closed,
                 Ok(n) => rb.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -193,7 +198,7 @@ impl ClientConn {
     /// Writes what the socket takes now without waiting (the socket may be blocking); returns
     /// how much it took.
     pub fn try_send(&self, bytes: &[u8]) -> io::Result<usize> {
-        let sock = socket2::SockRef::from(&self.stream);
+        let sock = socket2::SockRef::from(self.stream.socket());
         let mut n = 0;
         while n < bytes.len() {
             match sock.send_with_flags(&bytes[n..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
@@ -217,7 +222,7 @@ impl ClientConn {
                 .wait(*written, Instant::now(), self.io_timeout)
                 .ok_or(io::ErrorKind::TimedOut)?;
             if current != Some(wait) {
-                self.stream.set_write_timeout(Some(wait))?;
+                self.stream.socket().set_write_timeout(Some(wait))?;
                 current = Some(wait);
             }
             match (&self.stream).write(&bytes[n..]) {
@@ -231,7 +236,9 @@ impl ClientConn {
             }
         }
         if current.is_some_and(|c| c != self.io_timeout) {
-            self.stream.set_write_timeout(Some(self.io_timeout))?;
+            self.stream
+                .socket()
+                .set_write_timeout(Some(self.io_timeout))?;
         }
         Ok(())
     }
@@ -315,7 +322,7 @@ impl ClientConn {
             if !rb.room_for_head(max_head_bytes) {
                 return HeadPoll::Invalid(HeadError::TooLarge);
             }
-            match recv_now(&self.stream, &mut rb.buf[rb.end..]) {
+            match recv_now(self.stream.socket(), &mut rb.buf[rb.end..]) {
                 Ok(0) => return HeadPoll::Closed,
                 Ok(n) => rb.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -370,7 +377,7 @@ impl ClientConn {
 
     /// One blocking read into the buffer, waiting at most `wait`.
     fn read_blocking(&mut self, wait: Duration) -> Got {
-        set_timeout(&self.stream, &mut self.read_timeout, wait);
+        set_timeout(self.stream.socket(), &mut self.read_timeout, wait);
         let rb = &mut self.rb;
         loop {
             match (&self.stream).read(&mut rb.buf[rb.end..]) {
@@ -406,7 +413,11 @@ impl ClientConn {
 
     /// Switches to body reading: reads block for at most `io_timeout`.
     pub fn prepare_body_reads(&mut self) {
-        set_timeout(&self.stream, &mut self.read_timeout, self.io_timeout);
+        set_timeout(
+            self.stream.socket(),
+            &mut self.read_timeout,
+            self.io_timeout,
+        );
     }
 }
 
@@ -499,7 +510,7 @@ impl Reader<'_> {
                 .pace
                 .wait(p.bytes, Instant::now(), self.io_timeout)
                 .ok_or(io::ErrorKind::TimedOut)?;
-            set_timeout(self.stream, self.read_timeout, wait);
+            set_timeout(self.stream.socket(), self.read_timeout, wait);
         }
         loop {
             match self.stream.read(out) {

@@ -1,14 +1,46 @@
 //! Logging: human-readable lines on stderr (`TIME LEVEL message key=value…`) filtered by
-//! `--log-level`, and the JSON access log on stdout. Also owns wall-clock formatting (RFC 3339),
-//! the only place sluice reads the calendar.
+//! `--log-level`, and the JSON access log on stdout. Both go out through a bounded outbox
+//! (`outbox.rs`) written by a thread of its own, so that an output nobody drains never blocks
+//! a worker or the front end: a line that does not fit is dropped and counted (README
+//! "Monitoring"). Also owns wall-clock formatting (RFC 3339), the only place sluice reads the
+//! calendar.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::outbox::Outbox;
 use crate::config::LogLevel;
 
 static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+/// Access-log lines not yet on stdout: about 4,000 lines of 250 bytes (a stalled reader's
+/// first few hundred milliseconds at full load).
+static ACCESS: Outbox = Outbox::new("access-log", 1 << 20, |b| {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b)?;
+    out.flush()
+});
+
+/// Log lines not yet on stderr (a few hundred lines).
+static STDERR: Outbox = Outbox::new("log", 64 << 10, |b| std::io::stderr().lock().write_all(b));
+
+/// Access-log lines dropped: stdout did not take them in time.
+pub fn access_dropped() -> u64 {
+    ACCESS.dropped()
+}
+
+/// Log lines dropped: stderr did not take them in time.
+pub fn log_dropped() -> u64 {
+    STDERR.dropped()
+}
+
+/// Waits up to `within` for the lines logged so far to be written out, stderr's and the access
+/// log's (a clean shutdown). False if an output did not take them in time.
+pub fn flush(within: Duration) -> bool {
+    let access = ACCESS.flush(within);
+    STDERR.flush(within) && access
+}
 
 pub fn set_level(level: LogLevel) {
     LEVEL.store(level as u8, Ordering::Relaxed);
@@ -33,14 +65,30 @@ pub fn always(level: LogLevel, args: std::fmt::Arguments<'_>) {
         level.as_str().to_uppercase(),
         args
     );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    STDERR.push(&[line.as_bytes()]);
 }
 
-/// Writes one access-log line (already JSON) to stdout.
+/// Hands one access-log line (already JSON) to the writer of stdout, or drops it if stdout is
+/// that far behind; a warning says so on stderr, at most once a second.
 pub fn access(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.write_all(b"\n");
+    if !ACCESS.push(&[line.as_bytes(), b"\n"]) {
+        warn_access_dropped();
+    }
+}
+
+/// The second (since the epoch) of the last warning about dropped access-log lines.
+static LAST_WARNED: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn warn_access_dropped() {
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
+        crate::warn!(
+            "access log: stdout is not taking lines; {} dropped so far (at most one such line a second)",
+            ACCESS.dropped()
+        );
+    }
 }
 
 #[macro_export]

@@ -297,6 +297,16 @@ impl Metrics {
         (buckets, sum, self.total_requests())
     }
 
+    /// Access-log lines dropped because stdout did not take them (the whole process's).
+    pub fn access_log_dropped(&self) -> u64 {
+        super::log::access_dropped()
+    }
+
+    /// Log lines dropped because stderr did not take them (the whole process's).
+    pub fn log_dropped(&self) -> u64 {
+        super::log::log_dropped()
+    }
+
     /// Requests per second over the last 60 s (or the uptime, if shorter).
     pub fn requests_per_second(&self) -> f64 {
         let now = self.started.elapsed().as_secs();

@@ -53,8 +53,7 @@ pub fn next(shared: &Shared, queue: &Queue<Job>, back: &Back, mut client: Client
         return Next::Back(client);
     }
     let cfg = shared.config();
-    let head = match crate::runnable::blocking(|| client.io.await_head(KEEP, cfg.max_header_bytes))
-    {
+    let head = match client.io.await_head(KEEP, cfg.max_header_bytes) {
         HeadPoll::Ready(head) => head,
         HeadPoll::Closed => return Next::Gone,
         HeadPoll::Pending | HeadPoll::Invalid(_) => return Next::Back(client),

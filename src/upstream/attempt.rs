@@ -322,7 +322,7 @@ fn backoff(x: &Exchange<'_>, delay: Duration) -> bool {
     match x.cancel {
         Some(cancel) => cancel.backoff(delay),
         None => {
-            crate::runnable::blocking(|| std::thread::sleep(delay));
+            crate::runnable::sleep(delay);
             false
         }
     }
@@ -356,8 +356,7 @@ struct Watched<'b, 'c, 'x> {
 
 impl Read for Watched<'_, '_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let body = &mut *self.body;
-        let n = crate::runnable::blocking(|| body.read(buf))?;
+        let n = self.body.read(buf)?;
         if n == 0 && self.body.is_complete() {
             self.x.client_done();
         }

@@ -16,13 +16,15 @@
 //!   attempt's hands, belongs to no client that can hang up.
 
 use std::cell::{Cell, RefCell};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use ureq::unversioned::transport::ShutdownHandle;
+
+use crate::runnable::MarkedStream;
 
 const WAITING: u8 = 1;
 const HUNG_UP: u8 = 2;
@@ -34,19 +36,19 @@ static NEXT_ATTEMPT: AtomicU64 = AtomicU64::new(1);
 /// An upstream socket, and the attempt that uses it now (0: none — idle, in the pool).
 #[derive(Debug)]
 pub struct Line {
-    stream: TcpStream,
+    stream: MarkedStream,
     owner: Mutex<u64>,
 }
 
 impl Line {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: MarkedStream) -> Self {
         Line {
             stream,
             owner: Mutex::new(0),
         }
     }
 
-    pub fn stream(&self) -> &TcpStream {
+    pub fn stream(&self) -> &MarkedStream {
         &self.stream
     }
 
@@ -71,7 +73,7 @@ impl Line {
     fn shutdown_for(&self, attempt: u64) {
         let owner = self.owner.lock();
         if *owner == attempt {
-            let _ = self.stream.shutdown(Shutdown::Both);
+            let _ = self.stream.socket().shutdown(Shutdown::Both);
         }
     }
 }
@@ -79,7 +81,7 @@ impl Line {
 /// ureq's own shutdown (of the whole agent, `Agent`'s pool) reaches every socket.
 impl ShutdownHandle for Line {
     fn shutdown(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.socket().shutdown(Shutdown::Both);
     }
 }
 
@@ -258,16 +260,16 @@ mod tests {
     use std::net::TcpListener;
 
     /// A connected loopback pair: the upstream socket as a `Line`, and its peer.
-    fn line() -> (Arc<Line>, TcpStream) {
+    fn line() -> (Arc<Line>, std::net::TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (peer, _) = l.accept().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        (Arc::new(Line::new(s)), peer)
+        (Arc::new(Line::new(MarkedStream::new(s))), peer)
     }
 
     /// True once the peer sees the socket closed (shut down).
-    fn shut(peer: &mut TcpStream) -> bool {
+    fn shut(peer: &mut std::net::TcpStream) -> bool {
         peer.set_nonblocking(true).unwrap();
         let r = peer.read(&mut [0u8; 1]);
         peer.set_nonblocking(false).unwrap();

@@ -235,8 +235,7 @@ impl<'a> Delivery<'a> {
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         if let Some((pace, written)) = &mut self.paced {
-            let conn = &mut *self.conn;
-            return crate::runnable::blocking(|| conn.write_paced(bytes, pace, written));
+            return self.conn.write_paced(bytes, pace, written);
         }
         if !self.held.is_empty() {
             let n = self.conn.try_send(&self.held)?;
@@ -254,11 +253,8 @@ impl<'a> Delivery<'a> {
         let pace = Pace::new(Instant::now(), self.grace, self.min_rate);
         let mut written = 0;
         let held = std::mem::take(&mut self.held);
-        let conn = &mut *self.conn;
-        crate::runnable::blocking(|| {
-            conn.write_paced(&held, &pace, &mut written)?;
-            conn.write_paced(rest, &pace, &mut written)
-        })?;
+        self.conn.write_paced(&held, &pace, &mut written)?;
+        self.conn.write_paced(rest, &pace, &mut written)?;
         self.paced = Some((pace, written));
         Ok(())
     }

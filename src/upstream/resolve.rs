@@ -6,7 +6,8 @@
 //! the others go on with the ones known; if that look-up fails, the known addresses are used
 //! for another `RETRY` before the next try (README "Settings", `target_host`). Each look-up's
 //! outcome, and one made at start before any request, is recorded for `/proxy-health`
-//! (`observe/lookup.rs`).
+//! (`observe/lookup.rs`). A look-up is `MarkedLookUp`'s, marked as a call that may block
+//! (`runnable.rs`).
 
 use std::fmt;
 use std::net::ToSocketAddrs;
@@ -28,7 +29,7 @@ pub const FRESH: Duration = Duration::from_secs(5);
 pub const RETRY: Duration = Duration::from_secs(1);
 
 pub struct CachedResolver {
-    inner: DefaultResolver,
+    inner: MarkedLookUp,
     cache: Mutex<Cache>,
     lookup: Arc<TargetLookup>,
 }
@@ -37,7 +38,7 @@ impl CachedResolver {
     /// `lookup`: where each look-up's outcome is recorded.
     pub fn new(lookup: Arc<TargetLookup>) -> Self {
         CachedResolver {
-            inner: DefaultResolver::default(),
+            inner: MarkedLookUp::default(),
             cache: Mutex::default(),
             lookup,
         }
@@ -58,6 +59,21 @@ pub fn look_up_in_background(host: &str, port: u16, lookup: Arc<TargetLookup>) {
             };
             lookup.record(&host, result);
         });
+}
+
+/// ureq's look-up (`getaddrinfo`), with the worker counted as not running while it waits.
+#[derive(Debug, Default)]
+struct MarkedLookUp(DefaultResolver);
+
+impl Resolver for MarkedLookUp {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, Error> {
+        crate::runnable::blocking(|| self.0.resolve(uri, config, timeout))
+    }
 }
 
 impl fmt::Debug for CachedResolver {
@@ -128,7 +144,7 @@ impl Resolver for CachedResolver {
             Plan::Use(addrs) => Ok(addrs),
             Plan::LookUp { known } => {
                 let host = uri.host().unwrap_or_default();
-                match crate::runnable::blocking(|| self.inner.resolve(uri, config, timeout)) {
+                match self.inner.resolve(uri, config, timeout) {
                     Ok(addrs) => {
                         self.cache.lock().looked_up(key, &addrs, Instant::now());
                         self.lookup.record(host, Ok(()));
@@ -189,6 +205,36 @@ mod tests {
         ));
         c.looked_up(A, &addrs(2), due + RETRY);
         assert_eq!(port(c.plan(A, due + RETRY)), Some(2));
+    }
+
+    #[test]
+    fn a_look_up_is_marked_as_a_call_that_may_block() {
+        #[derive(Default)]
+        struct Blocks(std::sync::atomic::AtomicU32);
+        impl crate::runnable::Runnable for Blocks {
+            fn blocks(&self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            fn resumes(&self) {}
+        }
+        let blocks = std::sync::Arc::new(Blocks::default());
+        crate::runnable::register(blocks.clone());
+        let r = CachedResolver::new(Arc::default());
+        let uri: Uri = "http://127.0.0.1:1/".parse().unwrap();
+        let timeout = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::Exact(Duration::from_secs(5)),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        let cfg = Config::default();
+        r.resolve(&uri, &cfg, timeout).unwrap();
+        assert_eq!(blocks.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        r.resolve(&uri, &cfg, timeout).unwrap();
+        assert_eq!(
+            blocks.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "cached"
+        );
     }
 
     #[test]

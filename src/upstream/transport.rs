@@ -12,15 +12,15 @@
 //! before each socket operation the connection attaches itself to the current attempt, and
 //! whenever ureq asks whether it is fit for the pool it detaches, so a client's hang-up can
 //! cancel its own attempt and never another's (`cancel.rs`). Its buffers are held only while
-//! used (`buffers.rs`).
+//! used (`buffers.rs`). Its socket is a `MarkedStream`: every connect, read and write is
+//! marked as a call that may block (`runnable.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use ureq::unversioned::transport::{
@@ -30,6 +30,7 @@ use ureq::{Error, Timeout};
 
 use super::buffers::{SlimBuffers, INPUT_MAX, RESPONSE_HEAD_MAX};
 use super::cancel::{attach_current, Line};
+use crate::runnable::MarkedStream;
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
 #[derive(Debug, Default)]
@@ -49,7 +50,7 @@ impl Connector<()> for UpstreamTcp {
             match connect(addr, timeout) {
                 Ok((line, attached)) => {
                     if details.config.no_delay() {
-                        line.stream().set_nodelay(true)?;
+                        line.stream().socket().set_nodelay(true)?;
                     }
                     let buffers = SlimBuffers::new(INPUT_MAX, details.config.output_buffer_size());
                     let handle = Arc::downgrade(&line) as Weak<dyn ShutdownHandle>;
@@ -93,58 +94,14 @@ fn connect(addr: &SocketAddr, timeout: Option<Duration>) -> io::Result<(Arc<Line
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Err(()),
         Err(e) => return Err(e),
     };
-    let line = Arc::new(Line::new(TcpStream::from(socket)));
+    let line = Arc::new(Line::new(MarkedStream::new(TcpStream::from(socket))));
     let mut attached = 0;
     attach_current(&line, &mut attached);
     if started.is_err() {
-        crate::runnable::blocking(|| await_connected(line.stream(), timeout))?;
+        line.stream().await_connected(timeout)?;
     }
-    line.stream().set_nonblocking(false)?;
+    line.stream().socket().set_nonblocking(false)?;
     Ok((line, attached))
-}
-
-/// Waits until a non-blocking connect on `stream` ends: its error, `TimedOut` past `timeout`.
-fn await_connected(stream: &TcpStream, timeout: Option<Duration>) -> io::Result<()> {
-    let until = timeout.map(|t| Instant::now() + t);
-    loop {
-        let wait_ms = match until {
-            None => -1,
-            Some(until) => {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                // Rounded up, so the wait never ends before the timeout.
-                i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
-            }
-        };
-        let mut fd = libc::pollfd {
-            fd: stream.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: `poll(2)` on one descriptor `stream` owns, with a pointer to a local
-        // `pollfd` valid for the call and its true count (1). No safe wrapper waits for a
-        // connect with a timeout once it has been started.
-        let n = unsafe { libc::poll(&mut fd, 1, wait_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            continue; // the timeout: checked above
-        }
-        if let Some(e) = stream.take_error()? {
-            return Err(e);
-        }
-        if fd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-            return Err(io::ErrorKind::ConnectionAborted.into());
-        }
-        return Ok(());
-    }
 }
 
 pub struct TcpConn {
@@ -163,7 +120,7 @@ pub struct TcpConn {
 impl fmt::Debug for TcpConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpConn")
-            .field("peer", &self.line.stream().peer_addr().ok())
+            .field("peer", &self.line.stream().socket().peer_addr().ok())
             .finish()
     }
 }
@@ -213,10 +170,10 @@ impl Transport for TcpConn {
         attach_current(&self.line, &mut self.attached);
         let timeout = timeout.for_write();
         let want = left(timeout)?;
-        let sock = self.line.stream();
+        let sock = self.line.stream().socket();
         keep_close(&mut self.write_timeout, want, |t| sock.set_write_timeout(t))?;
         let output = &self.buffers.output()[..amount];
-        crate::runnable::blocking(|| (&mut self.line.stream()).write_all(output))
+        self.line.stream().write_all(output)
             .map_err(|e| timed_out(e, timeout.reason))
     }
 
@@ -227,7 +184,7 @@ impl Transport for TcpConn {
         attach_current(&self.line, &mut self.attached);
         let timeout = timeout.for_read();
         let want = left(timeout)?;
-        let sock = self.line.stream();
+        let sock = self.line.stream().socket();
         keep_close(&mut self.read_timeout, want, |t| sock.set_read_timeout(t))?;
         let input = self.buffers.input_append_buf();
         if input.is_empty() {
@@ -237,7 +194,7 @@ impl Transport for TcpConn {
             return Err(Error::LargeResponseHeader(held + 1, RESPONSE_HEAD_MAX));
         }
         let n = loop {
-            match crate::runnable::blocking(|| (&mut self.line.stream()).read(input)) {
+            match self.line.stream().read(input) {
                 // Linux does not restart a socket read with a timeout after a signal.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r.map_err(|e| timed_out(e, timeout.reason))?,
@@ -265,7 +222,7 @@ impl Transport for TcpConn {
         }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];
         let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-        match SockRef::from(self.line.stream()).recv_with_flags(&mut probe, flags) {
+        match SockRef::from(self.line.stream().socket()).recv_with_flags(&mut probe, flags) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             Ok(_) => false, // data (garbage) or 0 (closed)
         }

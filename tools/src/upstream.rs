@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `status=N` | response status (default 200) |
 //! | `delay_ms=N` | wait before the response head |
+//! | `hold_body_ms=N` | wait before reading the request body (the sender's writes back up) |
 //! | `body_bytes=N` | response body of N bytes (default: `ok`) |
 //! | `chunked=1` / `no_length=1` | chunked body / close-delimited body |
 //! | `echo=1` | JSON of what was received (method, target, headers, body length and hash) |
@@ -249,6 +250,9 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         return control(conn, head, state, num("status"), num("ms"));
     }
     conn.prepare_body_reads();
+    if let Some(ms) = num("hold_body_ms") {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let mut received = Received {
         method: head.method.clone(),
         target: head.target.clone(),

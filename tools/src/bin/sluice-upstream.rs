@@ -10,6 +10,7 @@ use argh::FromArgs;
   status=N            answer with status N (default 200)
   delay_ms=N          wait N ms before the response head
   wait_ms=N           wait N ms before the response head, ending at once if the peer closes
+  hold_body_ms=N      wait N ms before reading the request body
   body_bytes=N        a body of N bytes (default: ok)
   chunked=1           chunked body; no_length=1: close-delimited body
   echo=1              JSON of what was received (method, target, headers, body length, hash)
