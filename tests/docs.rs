@@ -1,5 +1,7 @@
 //! The documentation is executable: every command of the README's quick reference runs, and every
-//! shipped config file passes `--check-config`; each unwise setting prints its warning.
+//! shipped config file passes `--check-config`; each unwise setting prints its warning; the GUIDE
+//! quotes the shipped alert rules as they are; nothing in the repository signals processes by
+//! name.
 //! (One test binary of its own, so no other `sluice` process runs beside the quick reference.)
 
 use std::process::Command;
@@ -191,4 +193,20 @@ fn nothing_in_the_repository_signals_processes_by_name() {
         "signal the process you started, by its id ($!, kill \"$pid\"), never by name:\n{}",
         found.join("\n")
     );
+}
+
+#[test]
+fn the_guide_quotes_the_shipped_alert_rules_whole_and_copyable() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let guide = std::fs::read_to_string(format!("{root}/docs/GUIDE.md")).unwrap();
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus-rules.yaml")).unwrap();
+    let alerts = &guide[guide.find("## 5. Alerts").unwrap()..];
+    assert!(
+        alerts.contains(&format!("```yaml\n{rules}```\n")),
+        "docs/GUIDE.md \"Alerts\" must quote deploy/prometheus-rules.yaml as it is"
+    );
+    // A query inside a markdown table needs `\|`, which is invalid PromQL once copied.
+    for (n, line) in guide.lines().enumerate() {
+        assert!(!line.contains("\\|"), "docs/GUIDE.md:{}: {line}", n + 1);
+    }
 }
