@@ -85,6 +85,24 @@ fn every_metric_the_alert_rules_and_the_docs_name_is_one_sluice_emits() {
     let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus-rules.yaml")).unwrap();
     assert!(names_in(&rules).len() >= 6, "the rules name the metrics");
     assert!(checked > 20);
+    // And every label value they select on (`outcome="…"`, `outcome=~"a|b"`, `to="…"`).
+    let mut values = 0;
+    for label in ["outcome", "to"] {
+        for op in ["=\"", "=~\""] {
+            let key = format!("{label}{op}");
+            for (i, _) in rules.match_indices(&key) {
+                let list = rules[i + key.len()..].split('"').next().unwrap();
+                for v in list.split('|') {
+                    assert!(
+                        text.contains(&format!("{{{label}=\"{v}\"}}")),
+                        "the rules select {label}=\"{v}\", which sluice does not emit"
+                    );
+                    values += 1;
+                }
+            }
+        }
+    }
+    assert!(values >= 15, "{values}");
 }
 
 /// The issue's overload: one worker held by a slow request while 50 more are refused at once.

@@ -2,7 +2,6 @@
 //! shipped config file passes `--check-config`; each unwise setting prints its warning; the GUIDE
 //! quotes the shipped alert rules as they are; nothing in the repository signals processes by
 //! name.
-//! (One test binary of its own, so no other `sluice` process runs beside the quick reference.)
 
 use std::process::Command;
 
