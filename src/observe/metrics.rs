@@ -435,11 +435,13 @@ mod tests {
         let (all, _, all_count) = m.duration_histogram();
         let (buckets, sum, count) = m.proxied_duration_histogram();
         assert_eq!((all_count, all[0].1), (102, 100));
-        assert_eq!(count, 2, "the 100 refusals are not in it");
         assert!((sum - 406.0).abs() < 1e-6, "{sum}");
         let at = |le: f64| buckets.iter().find(|(b, _)| *b == le).unwrap().1;
         assert_eq!((at(5.0), at(10.0), at(300.0)), (0, 1, 1));
-        assert_eq!(count, 2, "the one past the last bucket is in the count");
+        assert_eq!(
+            count, 2,
+            "the 100 refusals are not in it; the 400 s one, past the last bucket, is"
+        );
     }
 
     /// The shipped success-rate alert (deploy/prometheus-rules.yaml, docs/GUIDE.md "Alerts")
@@ -464,7 +466,11 @@ mod tests {
             Outcome::ClientAbort,
         ];
         outcomes.extend(Reason::ALL.map(Outcome::Sluice));
-        assert_eq!(outcomes.len(), OUTCOME_LABELS.len());
+        assert_eq!(
+            outcomes.len(),
+            OUTCOME_LABELS.len(),
+            "a new Outcome variant: list it here"
+        );
         let mut failed: Vec<&str> = outcomes
             .into_iter()
             .filter(|o| {

@@ -1,6 +1,7 @@
 //! The one vocabulary for how a request ends (HAProxy's termination states, Envoy's response
 //! flags): the same word in the error body, the `X-Sluice-Error` header, the access log and the
-//! metrics label. README "Responses sluice makes itself" is the table this mirrors.
+//! metrics label — and who caused each (`Origin`). README "Responses sluice makes itself" is the
+//! table this mirrors.
 
 /// Who caused a request to end the way it did (`outcome.rs` classifies with it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
