@@ -2,7 +2,8 @@
 # Runs the whole test suite: the deployment files for real (tests/deploy.sh: podman image and
 # kube play, Kubernetes schemas), unit tests, end-to-end tests (real sluice + real test upstream
 # on 127.0.0.1), doc tests. Installs what the tests need when missing: Python packages
-# prometheus_client, pyyaml and kubernetes-validate; Debian packages jq, curl and podman.
+# prometheus_client, pyyaml and kubernetes-validate; Debian packages jq, curl and podman; promtool
+# (unpacked from Debian's prometheus package).
 set -euo pipefail
 cd "$(dirname "$0")"
 # The observability tests judge the Prometheus text with the official Python parser.
@@ -27,4 +28,6 @@ export SLUICE_REQUIRE_STATIC=1
 # The container image and the Kubernetes manifests, run for real with podman (installed when
 # missing) and validated against the Kubernetes schemas.
 bash tests/deploy.sh
+# The alert rules with promtool: checked, and each alert unit-tested (deploy/prometheus-rules.*).
+bash tests/rules.sh
 cargo test --release -- --test-threads="${TEST_THREADS:-4}"

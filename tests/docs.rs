@@ -1,6 +1,7 @@
 //! The documentation is executable: every command of the README's quick reference runs, and every
-//! shipped config file passes `--check-config`; each unwise setting prints its warning.
-//! (One test binary of its own, so no other `sluice` process runs beside the quick reference.)
+//! shipped config file passes `--check-config`; each unwise setting prints its warning; the GUIDE
+//! quotes the shipped alert rules as they are; nothing in the repository signals processes by
+//! name.
 
 use std::process::Command;
 
@@ -148,4 +149,72 @@ fn readme_quick_reference_commands_all_run() {
         text.lines().filter(|l| l.starts_with("quickref$ ")).count() >= 9,
         "{text}"
     );
+}
+
+/// Every file of the repository (but build output and version control), as (path, text); files
+/// that are not text are skipped.
+fn repo_text_files() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy();
+            if p.is_dir() {
+                if name != "target" && name != ".git" {
+                    dirs.push(p);
+                }
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, text));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn nothing_in_the_repository_signals_processes_by_name() {
+    // Commands that signal every process of a name, a production sluice included. The one
+    // allowed mention is a line saying never to use them, as this one:
+    let by_name = ["pkill", "killall"]; // never used here
+    let files = repo_text_files();
+    assert!(
+        files.iter().any(|(p, _)| p == "README.md") && files.iter().any(|(p, _)| p == "test.sh"),
+        "the walk sees the repository"
+    );
+    let mut found = Vec::new();
+    for (path, text) in &files {
+        for (n, line) in text.lines().enumerate() {
+            let words: Vec<&str> = line
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .collect();
+            let named = by_name.iter().any(|w| words.contains(w));
+            if named && !line.to_lowercase().contains("never") {
+                found.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "signal the process you started, by its id ($!, kill \"$pid\"), never by name:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_guide_quotes_the_shipped_alert_rules_whole_and_copyable() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let guide = std::fs::read_to_string(format!("{root}/docs/GUIDE.md")).unwrap();
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus-rules.yaml")).unwrap();
+    let alerts = &guide[guide.find("## 5. Alerts").unwrap()..];
+    assert!(
+        alerts.contains(&format!("```yaml\n{rules}```\n")),
+        "docs/GUIDE.md \"Alerts\" must quote deploy/prometheus-rules.yaml as it is"
+    );
+    // A query inside a markdown table needs `\|`, which is invalid PromQL once copied.
+    for (n, line) in guide.lines().enumerate() {
+        assert!(!line.contains("\\|"), "docs/GUIDE.md:{}: {line}", n + 1);
+    }
 }

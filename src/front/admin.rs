@@ -203,25 +203,27 @@ pub fn prometheus(shared: &Shared, queued: usize) -> String {
     for (label, n) in m.outcomes() {
         let _ = writeln!(o, "sluice_requests_total{{outcome=\"{label}\"}} {n}");
     }
-    head(
+    let histogram = |o: &mut String, name: &str, help: &str, h: (Vec<(f64, u64)>, f64, u64)| {
+        head(o, name, "histogram", help);
+        let (buckets, sum, count) = h;
+        for (le, n) in buckets {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {count}");
+    };
+    histogram(
         &mut o,
         "sluice_request_duration_seconds",
-        "histogram",
         "Time from request head parsed to last response byte written.",
+        m.duration_histogram(),
     );
-    let (buckets, sum, count) = m.duration_histogram();
-    for (le, n) in buckets {
-        let _ = writeln!(
-            o,
-            "sluice_request_duration_seconds_bucket{{le=\"{le}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        o,
-        "sluice_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    histogram(
+        &mut o,
+        "sluice_proxied_request_duration_seconds",
+        "The same, of requests that reached the upstream only (sluice's own refusals are not in it).",
+        m.proxied_duration_histogram(),
     );
-    let _ = writeln!(o, "sluice_request_duration_seconds_sum {sum}");
-    let _ = writeln!(o, "sluice_request_duration_seconds_count {count}");
     let b = shared.breaker_view();
     let simple: [(&str, &str, &str, f64); 10] = [
         (

@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::body::{BodyError, RequestBody};
 use super::parse::{Framing, HeadError, RequestHead};
-use super::readbuf::ReadBuf;
+use super::readbuf::{ReadBuf, INITIAL_BUFFER};
 use crate::http::pace::Pace;
 use crate::runnable::MarkedStream;
 
-/// A connection's read buffer's first size (a usual request head fits; a longer one doubles it).
-pub(super) const INITIAL_BUFFER: usize = 2048;
 /// The read buffer's size while a request body is read through it.
 const BODY_BUFFER: usize = 16 * 1024;
 /// A body read at least this large goes straight from the socket, past the buffer.

@@ -3,8 +3,10 @@
 //! compacted and freed between requests so that idle connections hold little. `conn.rs` reads
 //! the socket into it.
 
-use super::conn::INITIAL_BUFFER;
 use super::parse::{parse_head, HeadError, RequestHead};
+
+/// A connection's read buffer's first size (a usual request head fits; a longer one doubles it).
+pub(super) const INITIAL_BUFFER: usize = 2048;
 
 /// The read buffer of a connection, apart from the socket so that a body reader and a writer
 /// can borrow the connection at the same time.

@@ -42,6 +42,43 @@ pub const DURATION_BUCKETS: &[f64] = &[
     120.0, 300.0,
 ];
 
+/// A Prometheus histogram over `DURATION_BUCKETS` in atomics: one counter per bucket and one
+/// past the last, so that its count is their sum and never disagrees with them.
+struct Buckets {
+    counts: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Buckets {
+    fn new() -> Self {
+        Buckets {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, secs: f64, us: u64) {
+        let i = DURATION_BUCKETS.partition_point(|le| *le < secs);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Cumulative counts for the buckets, then (sum in seconds, count).
+    fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut acc = 0;
+        let buckets = DURATION_BUCKETS
+            .iter()
+            .zip(&self.counts)
+            .map(|(le, c)| {
+                acc += c.load(Relaxed);
+                (*le, acc)
+            })
+            .collect();
+        let count = acc + self.counts[DURATION_BUCKETS.len()].load(Relaxed);
+        (buckets, self.sum_us.load(Relaxed) as f64 / 1e6, count)
+    }
+}
+
 /// Whole seconds `requests_per_second` averages over.
 const RATE_SECONDS: u64 = 60;
 /// The ring holds those seconds and the current, partial one.
@@ -138,6 +175,9 @@ pub struct Metrics {
     pub health_checks_failed: AtomicU64,
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_sum_us: AtomicU64,
+    /// The requests that reached the upstream only (`Outcome::proxied`): what the response-time
+    /// statistics of `/proxy-metrics` describe, as a Prometheus histogram.
+    proxied_duration: Buckets,
     latency: Sharded,
     queue_wait: Sharded,
     rate: RateWindow,
@@ -192,6 +232,7 @@ impl Metrics {
             health_checks_failed: AtomicU64::new(0),
             duration_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             duration_sum_us: AtomicU64::new(0),
+            proxied_duration: Buckets::new(),
             latency: Sharded::new(),
             queue_wait: Sharded::new(),
             rate: RateWindow::new(),
@@ -204,7 +245,8 @@ impl Metrics {
 
     /// Records one finished request: its outcome and its response time. The Prometheus
     /// duration histogram counts every request; the response-time statistics of
-    /// `/proxy-metrics` (average, min, max, percentiles) only proxied ones (`Outcome::proxied`).
+    /// `/proxy-metrics` (average, min, max, percentiles) and the proxied-duration histogram
+    /// only proxied ones (`Outcome::proxied`).
     pub fn record(&self, outcome: Outcome, took: Duration) {
         let label = outcome.label();
         if let Some(i) = OUTCOME_LABELS.iter().position(|l| *l == label) {
@@ -218,6 +260,7 @@ impl Metrics {
         self.duration_sum_us.fetch_add(us, Relaxed);
         if outcome.proxied() {
             self.latency.record(us);
+            self.proxied_duration.record(secs, us);
         }
         self.rate.add(self.started.elapsed().as_secs());
     }
@@ -307,6 +350,11 @@ impl Metrics {
         super::log::log_dropped()
     }
 
+    /// The same for the requests that reached the upstream only.
+    pub fn proxied_duration_histogram(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        self.proxied_duration.read()
+    }
+
     /// Requests per second over the last 60 s (or the uptime, if shorter).
     pub fn requests_per_second(&self) -> f64 {
         let now = self.started.elapsed().as_secs();
@@ -383,5 +431,71 @@ mod tests {
         assert_eq!(r.sum(80, 59), 0);
         r.add(70);
         assert_eq!(r.sum(71, 59), 1, "a reused slot forgets its old second");
+    }
+
+    #[test]
+    fn the_proxied_histogram_leaves_out_sluice_s_own_answers() {
+        let m = Metrics::new();
+        for _ in 0..100 {
+            m.record(
+                Outcome::Sluice(Reason::QueueFull),
+                Duration::from_micros(50),
+            );
+        }
+        m.record(Outcome::Upstream(200), Duration::from_secs(6));
+        m.record(
+            Outcome::Sluice(Reason::UpstreamTimeout),
+            Duration::from_secs(400),
+        );
+        let (all, _, all_count) = m.duration_histogram();
+        let (buckets, sum, count) = m.proxied_duration_histogram();
+        assert_eq!((all_count, all[0].1), (102, 100));
+        assert!((sum - 406.0).abs() < 1e-6, "{sum}");
+        let at = |le: f64| buckets.iter().find(|(b, _)| *b == le).unwrap().1;
+        assert_eq!((at(5.0), at(10.0), at(300.0)), (0, 1, 1));
+        assert_eq!(
+            count, 2,
+            "the 100 refusals are not in it; the 400 s one, past the last bucket, is"
+        );
+    }
+
+    /// The shipped success-rate alert (deploy/prometheus-rules.yaml, docs/GUIDE.md "Alerts")
+    /// names exactly the outcomes `failed_requests` counts, so that it computes `success_rate`.
+    #[test]
+    fn the_success_rate_alert_names_exactly_the_failed_outcomes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus-rules.yaml");
+        let rules = std::fs::read_to_string(path).unwrap();
+        let alert = &rules[rules.find("alert: SluiceSuccessRateLow").unwrap()..];
+        let start = alert.find("outcome=~\"").unwrap() + "outcome=~\"".len();
+        let mut named: Vec<&str> = alert[start..]
+            .split('"')
+            .next()
+            .unwrap()
+            .split('|')
+            .collect();
+        named.sort();
+        let mut outcomes = vec![
+            Outcome::Upstream(200),
+            Outcome::Upstream(502),
+            Outcome::Truncated,
+            Outcome::ClientAbort,
+        ];
+        outcomes.extend(Reason::ALL.map(Outcome::Sluice));
+        assert_eq!(
+            outcomes.len(),
+            OUTCOME_LABELS.len(),
+            "a new Outcome variant: list it here"
+        );
+        let mut failed: Vec<&str> = outcomes
+            .into_iter()
+            .filter(|o| {
+                let m = Metrics::new();
+                m.record(*o, Duration::from_millis(1));
+                m.counts().failed() == 1
+            })
+            .map(Outcome::label)
+            .collect();
+        failed.sort();
+        assert_eq!(named, failed);
     }
 }

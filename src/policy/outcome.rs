@@ -10,18 +10,8 @@
 use std::time::Duration;
 
 use super::breaker::Verdict;
+pub use super::reason::Origin;
 use super::reason::Reason;
-
-/// Who caused a request to end the way it did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// A malformed, unencodable or abandoned request: never held against the upstream.
-    Client,
-    /// sluice's own refusal (queue, breaker, shutdown, connection cap).
-    Sluice,
-    /// The upstream answered, failed or timed out.
-    Upstream,
-}
 
 /// How one upstream attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,8 +1,18 @@
 //! The one vocabulary for how a request ends (HAProxy's termination states, Envoy's response
 //! flags): the same word in the error body, the `X-Sluice-Error` header, the access log and the
-//! metrics label. README "Responses sluice makes itself" is the table this mirrors.
+//! metrics label — and who caused each (`Origin`). README "Responses sluice makes itself" is the
+//! table this mirrors.
 
-use super::outcome::Origin;
+/// Who caused a request to end the way it did (`outcome.rs` classifies with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A malformed, unencodable or abandoned request: never held against the upstream.
+    Client,
+    /// sluice's own refusal (queue, breaker, shutdown, connection cap).
+    Sluice,
+    /// The upstream answered, failed or timed out.
+    Upstream,
+}
 
 /// Why sluice answered a request itself (or could not answer it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

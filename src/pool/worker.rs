@@ -23,7 +23,8 @@ use crate::policy::reason::Reason;
 use crate::policy::refusal::{refusal, Gate, Refusal};
 use crate::state::Shared;
 use crate::upstream::agent::UpstreamClient;
-use crate::upstream::attempt::{forward, Exchange, COPY_BUFFER};
+use crate::upstream::attempt::forward;
+use crate::upstream::exchange::{Exchange, COPY_BUFFER};
 use crate::upstream::cancel::Current;
 
 /// What every worker shares.

@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 use ureq::http;
 use ureq::{AsSendBody, Body, SendBody};
 
-use super::agent::Upstream;
 use super::classify::{cause, classify};
 use super::relay::relay;
 use super::request::{self, with_body, Payload};
 use crate::answer;
-use crate::config::Config;
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::conn::ClientConn;
 use crate::http::pace::Pace;
@@ -28,39 +26,10 @@ use crate::policy::deadline::Deadline;
 use crate::policy::outcome::{AttemptFailure, Finished, Outcome};
 use crate::policy::reason::Reason;
 use crate::policy::retry;
-use crate::state::{Shared, VerdictReport};
+use crate::state::VerdictReport;
 
-use super::cancel::{Attempt, Cancel};
-
-/// Size of the copy buffer each worker uses for response bodies.
-pub const COPY_BUFFER: usize = 32 * 1024;
-
-/// One request on its way through the upstream, and what it may do.
-pub struct Exchange<'a> {
-    pub shared: &'a Shared,
-    pub cfg: &'a Config,
-    pub upstream: &'a Upstream,
-    pub head: &'a RequestHead,
-    pub request_id: &'a str,
-    /// The breaker's half-open probe: one attempt, no retries.
-    pub probe: bool,
-    /// Set when a client hang-up (`abort_on_client_close`) or the end of a drain's grace
-    /// cancels the exchange.
-    pub cancel: Option<&'a Cancel>,
-}
-
-impl Exchange<'_> {
-    fn cancelled(&self) -> bool {
-        self.cancel.is_some_and(Cancel::cancelled)
-    }
-
-    /// Nothing more is read from the client: from now on its hang-up cancels the exchange.
-    fn client_done(&self) {
-        if let Some(c) = self.cancel {
-            c.waiting();
-        }
-    }
-}
+use super::cancel::Attempt;
+use super::exchange::Exchange;
 
 /// How the attempts ended: a response (with its attempt, which lasts while its body is read),
 /// a client body that broke, the client hung up, or the last attempt's failure.

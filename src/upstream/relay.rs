@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ureq::http::{self, HeaderMap, HeaderValue};
 use ureq::Body;
 
-use super::attempt::Exchange;
+use super::exchange::Exchange;
 use super::cancel::Cancel;
 use super::classify::classify;
 use crate::answer;
