@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the deployment files for real (tests/deploy.sh: podman image and
 # kube play, Kubernetes schemas), unit tests, end-to-end tests (real sluice + real test upstream
-# on 127.0.0.1), doc tests. Installs what the tests need when missing: Python packages
-# prometheus_client, pyyaml and kubernetes-validate; Debian packages jq, curl and podman.
+# on 127.0.0.1), the dashboard page in headless Chromium (tests/dashboard.sh), doc tests.
+# Installs what the tests need when missing: Python packages prometheus_client, pyyaml and
+# kubernetes-validate; Debian packages jq, curl, podman, chromium, chromium-driver and nodejs.
 set -euo pipefail
 cd "$(dirname "$0")"
 # The observability tests judge the Prometheus text with the official Python parser.
@@ -27,4 +28,6 @@ export SLUICE_REQUIRE_STATIC=1
 # The container image and the Kubernetes manifests, run for real with podman (installed when
 # missing) and validated against the Kubernetes schemas.
 bash tests/deploy.sh
+# The dashboard page in headless Chromium (installed when missing) against a running sluice.
+bash tests/dashboard.sh
 cargo test --release -- --test-threads="${TEST_THREADS:-4}"
