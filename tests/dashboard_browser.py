@@ -21,7 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -143,6 +145,36 @@ class Load:
         self.halt.set()
         for t in self.threads:
             t.join(10)
+
+
+def prefix_proxy(base, prefix):
+    """A reverse proxy that serves sluice under `prefix` (as an ingress would), on a free port;
+    records the paths asked of it."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            if not self.path.startswith(prefix + "/"):
+                self.send_error(404)
+                return
+            try:
+                with urllib.request.urlopen(base + self.path[len(prefix):], timeout=10) as r:
+                    status, ctype, body = r.status, r.headers["Content-Type"], r.read()
+            except urllib.error.HTTPError as e:
+                status, ctype, body = e.code, e.headers["Content-Type"], e.read()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype or "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
 
 
 READ_DOM = """
@@ -289,6 +321,17 @@ def main():
         errors = [e["message"] for e in driver.log("browser") if e["level"] == "SEVERE"]
         d = dom()
         check(not errors and not d["_errors"], "the page renders without script errors", f"{errors} {d['_errors']}")
+
+        # Under a path prefix (an ingress, a port-forward through a gateway): relative URLs only.
+        server, seen = prefix_proxy(base, "/ops/sluice")
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/ops/sluice/proxy-dashboard?every={EVERY:g}"
+            driver.cmd("POST", "/url", {"url": url})
+            drawn = wait_for(lambda: dom()["_polls"] >= 2, 10, 0.2)
+            check(drawn and "/ops/sluice/proxy-metrics" in seen and not dom()["_errors"],
+                  "under a path prefix the page polls the prefixed proxy-metrics", str(sorted(set(seen))))
+        finally:
+            server.shutdown()
     except Exception as e:  # a broken step is a failure with its reason, not a traceback only
         bad(f"the browser test stopped: {type(e).__name__}: {e}")
     finally:

@@ -115,6 +115,7 @@ test('settings line and number formats', () => {
     ['42 µs', '4.20 ms', '42.0 ms', '420 ms', '4.2 s', '10 min']);
   assert.deepStrictEqual([0, 45000, 600000].map(D.fmtAgo), ['now', '−45 s', '−10 min']);
   assert.strictEqual(D.fmtUptime(3725), '1h 2m');
+  assert.deepStrictEqual([0, 2.5, 50, 112.34].map(D.fmtAxis), ['0', '2.5', '50', '112']);
   assert.deepStrictEqual([0, 0.8, 1, 8.4, 9.24, 112, 0.0931].map(D.niceTop), [1, 1, 1, 10, 10, 200, 0.1]);
 });
 
