@@ -11,16 +11,18 @@ sideways scrolling at a phone's width. Writes the screenshot docs/dashboard.png.
 Run by tests/dashboard.sh; prints one "dashboard: ok|FAILED - ..." line per check.
 """
 import base64
+import queue
+import re
 import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,12 +50,25 @@ def check(cond, what, detail=""):
     return cond
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def port_said(stream, pattern, seconds=15):
+    """The port a process prints once it listens (each is started on port 0: no race with
+    other programs for a port); the rest of its output is read and dropped."""
+    lines = queue.Queue()
+
+    def drain():
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            m = re.search(pattern, lines.get(timeout=0.2).decode(errors="replace"))
+        except queue.Empty:
+            continue
+        if m:
+            return int(m.group(1))
+    raise RuntimeError(f"no line matching {pattern!r} within {seconds} s")
 
 
 def get_json(url, body=None, method=None, timeout=10):
@@ -205,34 +220,39 @@ def main():
     work = tempfile.mkdtemp(prefix="sluice-dashboard-")
     procs = []
 
-    def spawn(args, **kw):
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    def spawn(args, said, pattern):
+        """Starts a process (ended after 120 s at most) and returns the port it listens on."""
+        out = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL}
+        if said == "stderr":
+            out = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+        p = subprocess.Popen(["timeout", "120"] + args, **out)
         procs.append(p)
-        return p
-
-    up, port, cd = free_port(), free_port(), free_port()
-    spawn(["timeout", "120", f"{BIN}/sluice-upstream", "--listen", f"127.0.0.1:{up}", "--no-record"])
-    spawn(["timeout", "120", f"{BIN}/sluice", "--host", "127.0.0.1", "--port", str(port),
-           "--target-host", "127.0.0.1", "--target-port", str(up),
-           "--max-concurrent-requests", "4", "--max-queue-size", "8", "--queue-timeout", "3",
-           "--max-retries", "0", "--circuit-breaker-threshold", "5",
-           "--circuit-breaker-timeout", "3", "--log-level", "warn"])
-    spawn(["timeout", "120", "chromedriver", f"--port={cd}"])
-    base = f"http://127.0.0.1:{port}"
-    metrics = lambda: get_json(f"{base}/proxy-metrics")
-    upstream_fail = lambda status: urllib.request.urlopen(
-        f"http://127.0.0.1:{up}/__upstream/fail?status={status}", timeout=5).read()
-
-    def up_and_running():
-        try:
-            get_json(f"{base}/proxy-health", timeout=1)
-            urllib.request.urlopen(f"http://127.0.0.1:{cd}/status", timeout=1).read()
-            return True
-        except OSError:
-            return False
+        return port_said(p.stdout if said == "stdout" else p.stderr, pattern)
 
     driver = load = None
     try:
+        up = spawn([f"{BIN}/sluice-upstream", "--listen", "127.0.0.1:0", "--no-record"],
+                   "stdout", r"listening on 127\.0\.0\.1:(\d+)")
+        port = spawn([f"{BIN}/sluice", "--host", "127.0.0.1", "--port", "0",
+                      "--target-host", "127.0.0.1", "--target-port", str(up),
+                      "--max-concurrent-requests", "4", "--max-queue-size", "8", "--queue-timeout", "3",
+                      "--max-retries", "0", "--circuit-breaker-threshold", "5",
+                      "--circuit-breaker-timeout", "3"],
+                     "stderr", r"listening on 127\.0\.0\.1:(\d+)")
+        cd = spawn(["chromedriver", "--port=0"], "stdout", r"started successfully on port (\d+)")
+        base = f"http://127.0.0.1:{port}"
+        metrics = lambda: get_json(f"{base}/proxy-metrics")
+        upstream_fail = lambda status: urllib.request.urlopen(
+            f"http://127.0.0.1:{up}/__upstream/fail?status={status}", timeout=5).read()
+
+        def up_and_running():
+            try:
+                get_json(f"{base}/proxy-health", timeout=1)
+                urllib.request.urlopen(f"http://127.0.0.1:{cd}/status", timeout=1).read()
+                return True
+            except OSError:
+                return False
+
         if not check(wait_for(up_and_running, 15, 0.1), "sluice, the upstream and chromedriver start"):
             return
         driver = WebDriver(cd, [
@@ -333,7 +353,8 @@ def main():
         finally:
             server.shutdown()
     except Exception as e:  # a broken step is a failure with its reason, not a traceback only
-        bad(f"the browser test stopped: {type(e).__name__}: {e}")
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        bad(f"the browser test stopped at line {where.lineno} ({where.line}): {type(e).__name__}: {e}")
     finally:
         if load:
             load.stop()
