@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the deployment files for real (tests/deploy.sh: podman image and
 # kube play, Kubernetes schemas), unit tests, end-to-end tests (real sluice + real test upstream
-# on 127.0.0.1), doc tests. Installs what the tests need when missing: Python packages
-# prometheus_client, pyyaml and kubernetes-validate; Debian packages jq, curl and podman; promtool
-# (unpacked from Debian's prometheus package).
+# on 127.0.0.1), the dashboard page in headless Chromium (tests/dashboard.sh), doc tests.
+# Installs what the tests need when missing: Python packages prometheus_client, pyyaml and
+# kubernetes-validate; Debian packages jq, curl, podman, chromium, chromium-driver and nodejs;
+# promtool (unpacked from Debian's prometheus package).
 set -euo pipefail
 cd "$(dirname "$0")"
 # The observability tests judge the Prometheus text with the official Python parser.
@@ -30,4 +31,6 @@ export SLUICE_REQUIRE_STATIC=1
 bash tests/deploy.sh
 # The alert rules with promtool: checked, and each alert unit-tested (deploy/prometheus-rules.*).
 bash tests/rules.sh
+# The dashboard page in headless Chromium (installed when missing) against a running sluice.
+bash tests/dashboard.sh
 cargo test --release -- --test-threads="${TEST_THREADS:-4}"

@@ -384,6 +384,7 @@ fn admin_endpoints_answer_while_the_breaker_is_open_and_the_queue_is_full() {
         "/proxy-health",
         "/proxy-metrics",
         "/proxy-metrics/prometheus",
+        "/proxy-dashboard",
     ] {
         assert_eq!(
             get(addr, path).status,
@@ -397,6 +398,30 @@ fn admin_endpoints_answer_while_the_breaker_is_open_and_the_queue_is_full() {
         (Some(1), Some(0))
     );
     slow.join().unwrap();
+}
+
+#[test]
+fn dashboard_is_one_html_page_and_a_revalidation_is_304() {
+    let up = upstream();
+    let s = sluice(up.port(), |_| {});
+    let page = get(s.addr(), "/proxy-dashboard?every=5");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.text().contains("fetch('proxy-metrics'"));
+    let etag = page.header("etag").unwrap().to_string();
+    let again = send(
+        s.addr(),
+        format!("GET /proxy-dashboard HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(again.status, 304);
+    assert!(again.text().is_empty());
+    let m = metrics(s.addr());
+    assert!(m["p50_queue_wait"].is_number() && m["p95_queue_wait"].is_number());
+    assert_eq!(up.request_count(), 0, "never forwarded");
 }
 
 #[test]

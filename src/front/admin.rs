@@ -1,6 +1,7 @@
 //! The admin endpoints, answered by the front end and never queued, so they work while
 //! the queue is full or the breaker is open: `/proxy-health`, `/proxy-metrics` (the Python
-//! service's JSON keys) and `/proxy-metrics/prometheus` (text format 0.0.4).
+//! service's JSON keys), `/proxy-metrics/prometheus` (text format 0.0.4) and
+//! `/proxy-dashboard` (a static page: `dashboard.rs`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,13 +15,16 @@ use crate::observe::lookup::Lookup;
 use crate::policy::breaker::State;
 use crate::policy::connection::keep_alive;
 use crate::policy::health::{CheckView, Health};
-use crate::policy::route::{path_only, HEALTH, METRICS};
+use crate::policy::route::{path_only, DASHBOARD, HEALTH, METRICS};
 use crate::state::Shared;
 
 /// The response to an admin request, and whether the connection stays open after it.
 /// `queued`: requests waiting in the queue now.
 pub fn answer(shared: &Shared, queued: usize, head: &RequestHead) -> (Vec<u8>, bool) {
     let keep = keep_alive(head, head.framing == Framing::None, shared.draining());
+    if path_only(&head.path) == DASHBOARD && matches!(head.method.as_str(), "GET" | "HEAD") {
+        return (super::dashboard::answer(head, keep), keep);
+    }
     let (status, ctype, body) = if !matches!(head.method.as_str(), "GET" | "HEAD") {
         (
             405,
@@ -136,6 +140,7 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
     json!({
         "status": if shared.draining() { "draining" } else { "running" },
         "uptime_seconds": m.uptime().as_secs_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
         "target": cfg.target_base(),
         "metrics": {
             "total_requests": total,
@@ -163,6 +168,8 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "p95_response_time": lat.p95,
             "p99_response_time": lat.p99,
             "avg_queue_wait": qw.mean,
+            "p50_queue_wait": qw.p50,
+            "p95_queue_wait": qw.p95,
             "p99_queue_wait": qw.p99,
             "requests_per_second": m.requests_per_second(),
             "circuit_open": b.refusing,

@@ -13,10 +13,11 @@
 //!
 //! Here: the loop, accepting, reading heads, deadlines. The connection table and the
 //! non-blocking writer are in `conns.rs`, the answers given without a worker in `local.rs`,
-//! the admin endpoints in `admin.rs`.
+//! the admin endpoints in `admin.rs`, the dashboard page in `dashboard.rs`.
 
 mod admin;
 mod conns;
+mod dashboard;
 mod local;
 
 use std::collections::VecDeque;

@@ -8,6 +8,7 @@ use crate::http::parse::RequestHead;
 pub const HEALTH: &str = "/proxy-health";
 pub const METRICS: &str = "/proxy-metrics";
 pub const PROMETHEUS: &str = "/proxy-metrics/prometheus";
+pub const DASHBOARD: &str = "/proxy-dashboard";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -27,7 +28,10 @@ pub fn path_only(target: &str) -> &str {
 }
 
 pub fn route(head: &RequestHead) -> Route {
-    if matches!(path_only(&head.path), HEALTH | METRICS | PROMETHEUS) {
+    if matches!(
+        path_only(&head.path),
+        HEALTH | METRICS | PROMETHEUS | DASHBOARD
+    ) {
         Route::Admin
     } else if head.path == "*" {
         Route::OptionsStar
@@ -60,6 +64,10 @@ mod tests {
         );
         assert_eq!(
             r("GET /proxy-metrics/prometheus HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Route::Admin
+        );
+        assert_eq!(
+            r("GET /proxy-dashboard?every=5 HTTP/1.1\r\nHost: a\r\n\r\n"),
             Route::Admin
         );
         assert_eq!(
