@@ -29,6 +29,7 @@ use crate::policy::retry;
 use crate::state::{Shared, VerdictReport};
 
 use super::cancel::{Attempt, Cancel};
+use super::pool::Wire;
 
 /// Size of the copy buffer each worker uses for response bodies.
 pub const COPY_BUFFER: usize = 32 * 1024;
@@ -179,11 +180,13 @@ fn attempt_all(
     let deadline = Instant::now() + x.cfg.read_timeout;
     let mut attempts = 0u32;
     let mut upstream_time = Duration::ZERO;
+    let (mut stale_retried, mut fresh) = (false, false);
     let ended = loop {
         attempts += 1;
         x.shared.metrics.upstream_attempts.fetch_add(1, Relaxed);
         // Its sockets are attached to it until it is dropped: at the latest before a back-off.
         let attempt = Attempt::begin();
+        Wire::begin(std::mem::take(&mut fresh));
         let t = Instant::now();
         let res = match payload {
             Payload::Empty => x.upstream.agent.run(with_body(template, ())),
@@ -219,7 +222,18 @@ fn attempt_all(
             Err(e) => format!("{}: {}", authority(&x.upstream.base), cause(e)),
         };
         let replayable = !matches!(payload, Payload::Streamed);
-        let Some(delay) = retry_delay(x, failure, attempts, replayable, body.read > 0, deadline)
+        let wire = Wire::get();
+        if res.is_err() && wire.reused && !wire.received && !stale_retried {
+            let idempotent = x.head.is_idempotent();
+            if retry::may_retry_stale(failure, idempotent, replayable, wire.wrote, body.read > 0) {
+                // The upstream closed the idle connection: once more at once, on a new one.
+                (stale_retried, fresh) = (true, true);
+                drop((res, attempt));
+                continue;
+            }
+        }
+        let counted = attempts - u32::from(stale_retried);
+        let Some(delay) = retry_delay(x, failure, counted, replayable, body.read > 0, deadline)
         else {
             break match res {
                 Ok(r) => Attempts::Response(r, attempt),
