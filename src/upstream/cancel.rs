@@ -335,7 +335,10 @@ mod tests {
         cancel.waiting();
         drop(attempt);
         cancel.client_gone();
-        assert!(cancel.cancelled() && !shut(&mut peer), "detached at the end");
+        assert!(
+            cancel.cancelled() && !shut(&mut peer),
+            "detached at the end"
+        );
         drop(current);
         // Back in the pool while the attempt still runs, then another client's attempt takes
         // it: the first client's hang-up cannot reach it.

@@ -76,7 +76,10 @@ impl<T> IdleSet<T> {
 
     /// Drops the too-old connections from the old end.
     fn purge(&self, idle: &mut VecDeque<(T, Instant)>, now: Instant, closed: &mut Vec<T>) {
-        while idle.front().is_some_and(|(_, since)| self.expired(*since, now)) {
+        while idle
+            .front()
+            .is_some_and(|(_, since)| self.expired(*since, now))
+        {
             if let Some((old, _)) = idle.pop_front() {
                 closed.push(old);
             }
@@ -192,7 +195,11 @@ mod tests {
         assert_eq!(closed, [1]);
         assert_eq!(set.len(), 2);
         set.put(4, t + ms(4001), &mut closed);
-        assert_eq!(closed, [1, 2], "3 is kept (idle 3999 ms), 2 is closed (4000 ms)");
+        assert_eq!(
+            closed,
+            [1, 2],
+            "3 is kept (idle 3999 ms), 2 is closed (4000 ms)"
+        );
         let none = IdleSet::new(0, ms(4000));
         none.put(5, t, &mut closed);
         assert_eq!(closed, [1, 2, 5], "pool_maxsize 0 keeps nothing");

@@ -1,18 +1,19 @@
 //! The TCP transport of the upstream agent: what ureq's own does (connect under the connect
 //! timeout, Nagle off, reads and writes under ureq's timeouts, EINTR retried) with a cheaper
-//! liveness probe. ureq probes a pooled connection when it is put back and again when it is taken,
-//! each time by switching the socket to non-blocking, reading one byte and switching back: six
-//! syscalls per request. Here only the probe when it is taken reads the socket, with one
-//! `recv(MSG_PEEK | MSG_DONTWAIT)`: the one when it is put back, right after its response was
-//! read, is answered "open" at once, since whatever that probe could see (a stray byte, a
-//! close) the next one sees too, before any request is written (`is_open`). Socket timeouts
-//! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
-//! changes on every request); see `keep_close`. The connect is sluice's own (non-blocking, then
-//! a wait) so that the socket is attached to the worker's current attempt while it connects;
-//! before each socket operation the connection attaches itself to the current attempt, and
-//! whenever ureq asks whether it is fit for the pool it detaches, so a client's hang-up can
-//! cancel its own attempt and never another's (`cancel.rs`). Its buffers are held only while
-//! used (`buffers.rs`).
+//! liveness probe, and sluice's idle pool beneath ureq (docs/ARCHITECTURE.md "The upstream
+//! client"). ureq asks `is_open` only when it would pool a connection; its own pool holds
+//! nothing, so it drops the connection right after, and a connection dropped in that state goes
+//! to sluice's idle set (`pool.rs`; `Drop`), from which the connector takes the most recently
+//! used one before it connects. That ask is answered "open" at once; the probe, one
+//! `recv(MSG_PEEK | MSG_DONTWAIT)`, runs when the connection is taken, before any request is
+//! written. Socket timeouts are set only when they change by more than 1 % (ureq's read timeout
+//! is the time left, so it changes on every request); see `keep_close`. The connect is sluice's
+//! own (non-blocking, then a wait) so that the socket is attached to the worker's current
+//! attempt while it connects; before each socket operation the connection attaches itself to
+//! the current attempt, and whenever ureq asks whether it is fit for the pool it detaches, so a
+//! client's hang-up can cancel its own attempt and never another's (`cancel.rs`). Its buffers
+//! are held only while used (`buffers.rs`). An https upstream's connections (TLS above this
+//! transport) stay in ureq's own pool, where a second ask, when one is taken, reads the socket.
 
 use std::fmt;
 use std::io::{self, Read, Write};

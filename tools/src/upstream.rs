@@ -305,7 +305,10 @@ fn respond(
     }
     if let Some(ms) = num("wait_ms") {
         if closed_within(conn, Duration::from_millis(ms)) {
-            state.closes.lock().push((head.target.clone(), Instant::now()));
+            state
+                .closes
+                .lock()
+                .push((head.target.clone(), Instant::now()));
             return Ok(false);
         }
     }
