@@ -160,6 +160,40 @@ fn a_get_reset_on_a_reused_connection_is_retried_once_on_a_new_one() {
     assert_eq!(conn.get("/fourth").status, 200);
 }
 
+/// An upstream's 503 whose `Retry-After` asks for a longer wait than the back-off is passed on at
+/// once, not retried.
+#[test]
+fn an_upstream_503_asking_for_a_longer_wait_than_the_back_off_is_passed_on() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_retries = 2);
+    let r = get(s.addr(), "/busy?status=503&header=Retry-After:30");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("30"));
+    assert_eq!(
+        r.header("x-sluice-error"),
+        None,
+        "the upstream's own answer"
+    );
+    assert_eq!(up.request_count(), 1, "not retried");
+}
+
+/// The first attempt gets the upstream's 503; every later one is reset. When the retries run
+/// out the client gets that 503 — the upstream's last real answer — not sluice's 502.
+#[test]
+fn when_retries_run_out_the_client_gets_the_upstreams_last_answer() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_retries = 1);
+    let r = get(
+        s.addr(),
+        "/flaky?status=503&then_reset=1&header=X-From:upstream",
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("x-from"), Some("upstream"));
+    assert_eq!(r.header("x-sluice-error"), None);
+    assert_eq!(r.body, b"ok");
+    assert!(up.request_count() >= 2, "retried: {}", up.request_count());
+}
+
 /// A POST whose request went out on a reused connection that the upstream then resets is never
 /// sent again (the upstream may have acted on it): the client gets sluice's 502.
 #[test]

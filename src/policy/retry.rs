@@ -47,6 +47,18 @@ pub fn may_retry_stale(
         && ((idempotent && replayable) || (!wrote && (replayable || !body_started)))
 }
 
+/// Does an upstream's `Retry-After` (on a 502–504) ask for a longer wait than the back-off
+/// `delay`? Then its answer is passed on rather than retried early. A value that is not a
+/// number of seconds (an HTTP date) counts as longer: sluice does not time it.
+pub fn outlasts(retry_after: Option<&str>, delay: Duration) -> bool {
+    match retry_after.map(str::trim) {
+        None => false,
+        Some(v) => v
+            .parse::<u64>()
+            .map_or(true, |secs| Duration::from_secs(secs) > delay),
+    }
+}
+
 /// Delay before retry number `n` (1-based): `factor × 2^(n−1)` seconds, scaled by a jitter in
 /// [½, 1) from `unit` ∈ [0, 1), capped at `MAX_BACKOFF`.
 pub fn backoff(factor: f64, n: u32, unit: f64) -> Duration {
@@ -161,6 +173,17 @@ mod tests {
         );
         assert!(!may_retry_stale(Timeout, true, true, true, false));
         assert!(!may_retry_stale(Protocol, true, true, true, false));
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_back_off_is_honoured() {
+        let d = Duration::from_millis(500);
+        assert!(!outlasts(None, d));
+        assert!(!outlasts(Some("0"), d));
+        assert!(outlasts(Some("1"), d));
+        assert!(outlasts(Some(" 30 "), d));
+        assert!(outlasts(Some("Wed, 21 Oct 2026 07:28:00 GMT"), d));
+        assert!(!outlasts(Some("1"), Duration::from_secs(2)));
     }
 
     #[test]

@@ -181,6 +181,8 @@ fn attempt_all(
     let mut attempts = 0u32;
     let mut upstream_time = Duration::ZERO;
     let (mut stale_retried, mut fresh) = (false, false);
+    // The last 502–504 an attempt got, read whole: the answer if no later attempt gets one.
+    let mut last_answer = None;
     let ended = loop {
         attempts += 1;
         x.shared.metrics.upstream_attempts.fetch_add(1, Relaxed);
@@ -235,16 +237,24 @@ fn attempt_all(
         let counted = attempts - u32::from(stale_retried);
         let Some(delay) = retry_delay(x, failure, counted, replayable, body.read > 0, deadline)
         else {
-            break match res {
-                Ok(r) => Attempts::Response(r, attempt),
-                Err(_) => Attempts::Failed(failure, detail),
+            break match (res, last_answer) {
+                (Ok(r), _) | (Err(_), Some(r)) => Attempts::Response(r, attempt),
+                (Err(_), None) => Attempts::Failed(failure, detail),
             };
         };
+        match res {
+            // The upstream asks for a longer wait than the back-off: its answer is passed on.
+            Ok(r) if retry::outlasts(retry_after(&r), delay) => {
+                break Attempts::Response(r, attempt);
+            }
+            Ok(r) => last_answer = read_whole(r),
+            Err(_) => {}
+        }
         crate::debug!(
             "request_id={} attempt={attempts} failed ({detail}); retrying in {delay:?}",
             x.request_id
         );
-        drop((res, attempt));
+        drop(attempt);
         if backoff(x, delay) {
             break Attempts::ClientGone; // hung up during the back-off: no further attempt
         }
@@ -255,6 +265,24 @@ fn attempt_all(
         m.retry_attempts.fetch_add(u64::from(attempts - 1), Relaxed);
     }
     (ended, attempts, upstream_time)
+}
+
+/// The `Retry-After` of a response, if it is text.
+fn retry_after(r: &http::Response<Body>) -> Option<&str> {
+    r.headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// A response read whole (its connection free for the pool), to be relayed later; `None` if
+/// its body is over 64 KiB or breaks.
+fn read_whole(r: http::Response<Body>) -> Option<http::Response<Body>> {
+    let (parts, mut body) = r.into_parts();
+    let bytes = body.with_config().limit(retry::REPLAY_LIMIT).read_to_vec();
+    Some(http::Response::from_parts(
+        parts,
+        Body::builder().data(bytes.ok()?),
+    ))
 }
 
 /// The wait before another attempt after attempt number `attempts` failed, or `None` to stop:

@@ -16,6 +16,7 @@
 //! | `garbage=1` / `big_header=N` | a non-HTTP answer / a response header of N bytes |
 //! | `drop_after=1` | close the connection after the response without saying so (stale pool) |
 //! | `reset_next=1` | answer normally; the next request on this connection is read whole, then RST |
+//! | `then_reset=1` | answer the first request with this target; every later one is read whole, then RST |
 //!
 //! `/__upstream/fail?status=N` makes every later request answer N (`status=0` clears it);
 //! `/__upstream/delay?ms=N` delays every later request; `/__upstream/stats` gives counts.
@@ -73,6 +74,8 @@ struct State {
     connections: AtomicU64,
     fail_status: AtomicU64,
     delay_ms: AtomicU64,
+    /// Targets of `then_reset=1` requests seen so far.
+    seen: Mutex<std::collections::HashSet<String>>,
     /// Close a connection idle this long (0: 120 s).
     idle_close_ms: AtomicU64,
     /// `hang=1` requests whose connection sluice closed while the upstream held them.
@@ -318,7 +321,8 @@ fn respond(
         }
         return Ok(false);
     }
-    if flag("reset") || reset_now {
+    let again = flag("then_reset") && !state.seen.lock().insert(head.target.clone());
+    if flag("reset") || reset_now || again {
         reset(conn);
         return Ok(false);
     }
