@@ -156,7 +156,9 @@ impl TestUpstream {
             .store(status.map_or(0, u64::from), Relaxed);
     }
 
-    /// From now on a connection that stays idle (no request head begun) for `idle` is closed.
+    /// From now on a connection that stays idle (no request head begun) for `idle` is closed,
+    /// the way a busy server's event loop does it: the close takes effect `IDLE_CLOSE_LAG`
+    /// later, and a request that arrives in between is lost — never read, reset by the close.
     pub fn set_idle_close(&self, idle: Duration) {
         let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         self.state.idle_close_ms.store(ms.max(1), Relaxed);
@@ -207,6 +209,9 @@ fn serve(stream: TcpStream, state: &State) {
             max_head_bytes: 1 << 20,
         };
         let Ok(head) = conn.read_head(deadlines) else {
+            if idle_ms > 0 {
+                std::thread::sleep(IDLE_CLOSE_LAG); // closing: what arrives now is never read
+            }
             return;
         };
         state.requests.fetch_add(1, Relaxed);
@@ -217,6 +222,9 @@ fn serve(stream: TcpStream, state: &State) {
         }
     }
 }
+
+/// How long after its idle timeout fires a connection is closed (`set_idle_close`).
+pub const IDLE_CLOSE_LAG: Duration = Duration::from_millis(50);
 
 fn params(target: &str) -> Vec<(String, String)> {
     let query = target.split_once('?').map_or("", |(_, q)| q);
