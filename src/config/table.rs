@@ -181,6 +181,8 @@ settings! {
     health_check_fall: u32 = 3, int(1, 1000, "a whole number 1-1000"), reload, option(String);
     /// idle upstream connections kept for reuse (default 50)
     pool_maxsize: usize = 50, int(0, 100_000, "a whole number 0-100000"), reload, option(String);
+    /// seconds an idle upstream connection is kept; an older one is closed, never reused (default 4)
+    pool_idle_timeout: Duration = Duration::from_secs(4), SECS, reload, option(String);
     /// accepted for compatibility; one upstream means one pool (default 20)
     pool_connections: usize = 20, int(0, 100_000, "a whole number 0-100000"), reload, option(String);
     /// client connections held at once; beyond it 503 and close (default 4096)

@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use super::health::{CheckResult, CheckSettings, CheckView, Checks, Health, Signal};
+pub use super::outcome::Verdict;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -66,16 +67,6 @@ impl Admit {
             _ => None,
         }
     }
-}
-
-/// How an admitted request ended, as the breaker sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Success,
-    /// Connect errors, timeouts, resets, 502/503/504 from the upstream.
-    Failure,
-    /// Says nothing about the upstream (client abort, sluice's own rejection).
-    Neutral,
 }
 
 /// A state change, for logs and `sluice_circuit_transitions_total{to}`.

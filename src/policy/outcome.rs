@@ -9,9 +9,19 @@
 
 use std::time::Duration;
 
-use super::breaker::Verdict;
 pub use super::reason::Origin;
 use super::reason::Reason;
+
+/// How an admitted request ended, as the breaker sees it (`breaker.rs` acts on it; the
+/// classification here decides it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    /// Connect errors, timeouts, resets, 502/503/504 from the upstream.
+    Failure,
+    /// Says nothing about the upstream (client abort, sluice's own rejection).
+    Neutral,
+}
 
 /// How one upstream attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

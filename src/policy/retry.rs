@@ -31,6 +31,37 @@ pub fn may_retry(
     }
 }
 
+/// May an attempt that failed on a *reused* connection before any response byte came back be
+/// tried once more, at once, on a new connection? The upstream most likely closed the idle
+/// connection as the request went out (docs/ARCHITECTURE.md "The upstream client"). Only a
+/// reset qualifies (not a timeout: the upstream may be working on it), and only when that is
+/// safe: an idempotent request whose body can be sent again, or one of which nothing was
+/// written (`wrote`) and whose body can still be sent (buffered, or not yet read from the
+/// client). Never a POST whose request went out. Not counted as a retry (`max_retries`, the
+/// budget, the back-off); once per request.
+pub fn may_retry_stale(
+    failure: AttemptFailure,
+    idempotent: bool,
+    replayable: bool,
+    wrote: bool,
+    body_started: bool,
+) -> bool {
+    failure == AttemptFailure::Reset
+        && ((idempotent && replayable) || (!wrote && (replayable || !body_started)))
+}
+
+/// Does an upstream's `Retry-After` (on a 502–504) ask for a longer wait than the back-off
+/// `delay`? Then its answer is passed on rather than retried early. A value that is not a
+/// number of seconds (an HTTP date) counts as longer: sluice does not time it.
+pub fn outlasts(retry_after: Option<&str>, delay: Duration) -> bool {
+    match retry_after.map(str::trim) {
+        None => false,
+        Some(v) => v
+            .parse::<u64>()
+            .map_or(true, |secs| Duration::from_secs(secs) > delay),
+    }
+}
+
 /// Delay before retry number `n` (1-based): `factor × 2^(n−1)` seconds, scaled by a jitter in
 /// [½, 1) from `unit` ∈ [0, 1), capped at `MAX_BACKOFF`.
 pub fn backoff(factor: f64, n: u32, unit: f64) -> Duration {
@@ -122,6 +153,40 @@ mod tests {
         assert!(!may_retry(Status(500), true, true, false));
         assert!(!may_retry(Timeout, true, true, false));
         assert!(!may_retry(Protocol, true, true, false));
+    }
+
+    #[test]
+    fn a_reset_on_a_reused_connection_is_retried_only_when_safe() {
+        assert!(may_retry_stale(Reset, true, true, true, false), "GET");
+        assert!(
+            !may_retry_stale(Reset, false, true, true, false),
+            "a POST whose request went out"
+        );
+        assert!(
+            !may_retry_stale(Reset, false, false, true, true),
+            "a POST whose body went out"
+        );
+        assert!(
+            may_retry_stale(Reset, false, false, false, false),
+            "nothing written, the body still unread"
+        );
+        assert!(
+            !may_retry_stale(Reset, false, false, false, true),
+            "nothing written but the streamed body was consumed"
+        );
+        assert!(!may_retry_stale(Timeout, true, true, true, false));
+        assert!(!may_retry_stale(Protocol, true, true, true, false));
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_back_off_is_honoured() {
+        let d = Duration::from_millis(500);
+        assert!(!outlasts(None, d));
+        assert!(!outlasts(Some("0"), d));
+        assert!(outlasts(Some("1"), d));
+        assert!(outlasts(Some(" 30 "), d));
+        assert!(outlasts(Some("Wed, 21 Oct 2026 07:28:00 GMT"), d));
+        assert!(!outlasts(Some("1"), Duration::from_secs(2)));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::policy::refusal::{refusal, Gate, Refusal};
 use crate::state::Shared;
 use crate::upstream::agent::UpstreamClient;
 use crate::upstream::attempt::forward;
-use crate::upstream::exchange::{Exchange, COPY_BUFFER};
 use crate::upstream::cancel::Current;
+use crate::upstream::exchange::{Exchange, COPY_BUFFER};
 
 /// What every worker shares.
 #[derive(Clone)]

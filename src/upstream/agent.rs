@@ -4,7 +4,6 @@
 //! changes; requests in flight keep the agent they started with.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::RwLock;
 use ureq::unversioned::transport::{Connector, RustlsConnector};
@@ -25,9 +24,14 @@ pub struct Upstream {
 impl Upstream {
     /// No environment proxy, no redirects, statuses are not errors, nothing injected, any
     /// method, separate connect and read timeouts, a pool sized for the workers, the target's
-    /// addresses cached (`resolve.rs`, recording each look-up in `lookup`).
+    /// addresses cached (`resolve.rs`, recording each look-up in `lookup`). Idle plain-http
+    /// connections are kept by sluice's own pool beneath ureq (`pool.rs`, through the
+    /// transport), ureq's own idle pool set to none; an https upstream's (TLS sessions, which
+    /// sluice's transport does not see) stay in ureq's.
     pub fn new(cfg: &Config, lookup: Arc<TargetLookup>) -> Self {
         let pool = cfg.pool_maxsize.max(1);
+        let tls = cfg.target_base().starts_with("https:");
+        let ureq_pool = if tls { pool } else { 0 };
         let config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
@@ -42,14 +46,19 @@ impl Upstream {
             .timeout_recv_response(Some(cfg.read_timeout))
             .timeout_per_read(Some(cfg.read_timeout))
             .timeout_per_write(Some(cfg.read_timeout))
-            .max_idle_connections(pool)
-            .max_idle_connections_per_host(pool)
-            .max_idle_age(Duration::from_secs(30))
+            .max_idle_connections(ureq_pool)
+            .max_idle_connections_per_host(ureq_pool)
+            .max_idle_age(cfg.pool_idle_timeout)
             .input_buffer_size(TLS_INPUT_BUFFER)
             .max_response_header_size(RESPONSE_HEAD_MAX)
             .output_buffer_size(OUTPUT_BUFFER)
             .build();
-        let connector = UpstreamTcp.chain(RustlsConnector::default());
+        let tcp = if tls {
+            UpstreamTcp::default()
+        } else {
+            UpstreamTcp::pooled(pool, cfg.pool_idle_timeout)
+        };
+        let connector = tcp.chain(RustlsConnector::default());
         let agent = Agent::with_parts(config, connector, CachedResolver::new(lookup));
         Upstream {
             agent,
@@ -91,7 +100,8 @@ impl UpstreamClient {
         let changed = new.target_base() != old.target_base()
             || new.connect_timeout != old.connect_timeout
             || new.read_timeout != old.read_timeout
-            || new.pool_maxsize != old.pool_maxsize;
+            || new.pool_maxsize != old.pool_maxsize
+            || new.pool_idle_timeout != old.pool_idle_timeout;
         if new.target_host != old.target_host || new.target_port != old.target_port {
             self.1.reset();
             look_up_in_background(&new.target_host, new.target_port, self.1.clone());

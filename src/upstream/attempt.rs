@@ -30,6 +30,7 @@ use crate::state::VerdictReport;
 
 use super::cancel::Attempt;
 use super::exchange::Exchange;
+use super::pool::Wire;
 
 /// How the attempts ended: a response (with its attempt, which lasts while its body is read),
 /// a client body that broke, the client hung up, or the last attempt's failure.
@@ -170,11 +171,15 @@ fn attempt_all(
     let mut deadline = Deadline::new(Instant::now(), x.cfg.read_timeout);
     let mut attempts = 0u32;
     let mut upstream_time = Duration::ZERO;
+    let (mut stale_retried, mut fresh) = (false, false);
+    // The last 502–504 an attempt got, read whole: the answer if no later attempt gets one.
+    let mut last_answer = None;
     let ended = loop {
         attempts += 1;
         x.shared.metrics.upstream_attempts.fetch_add(1, Relaxed);
         // Its sockets are attached to it until it is dropped: at the latest before a back-off.
         let attempt = Attempt::begin();
+        Wire::begin(std::mem::take(&mut fresh));
         let t = Instant::now();
         // The first attempt has all of `read_timeout` (the agent's own timeouts); a retry what
         // is left of it.
@@ -222,18 +227,37 @@ fn attempt_all(
             Err(e) => format!("{}: {}", authority(&x.upstream.base), cause(e)),
         };
         let replayable = !matches!(payload, Payload::Streamed);
-        let Some(delay) = retry_delay(x, failure, attempts, replayable, body.read > 0, &deadline)
+        let wire = Wire::get();
+        if res.is_err() && wire.reused && !wire.received && !stale_retried {
+            let idempotent = x.head.is_idempotent();
+            if retry::may_retry_stale(failure, idempotent, replayable, wire.wrote, body.read > 0) {
+                // The upstream closed the idle connection: once more at once, on a new one.
+                (stale_retried, fresh) = (true, true);
+                drop((res, attempt));
+                continue;
+            }
+        }
+        let counted = attempts - u32::from(stale_retried);
+        let Some(delay) = retry_delay(x, failure, counted, replayable, body.read > 0, &deadline)
         else {
-            break match res {
-                Ok(r) => Attempts::Response(r, attempt),
-                Err(_) => Attempts::Failed(failure, detail),
+            break match (res, last_answer) {
+                (Ok(r), _) | (Err(_), Some(r)) => Attempts::Response(r, attempt),
+                (Err(_), None) => Attempts::Failed(failure, detail),
             };
         };
+        match res {
+            // The upstream asks for a longer wait than the back-off: its answer is passed on.
+            Ok(r) if retry::outlasts(retry_after(&r), delay) => {
+                break Attempts::Response(r, attempt);
+            }
+            Ok(r) => last_answer = read_whole(r),
+            Err(_) => {}
+        }
         crate::debug!(
             "request_id={} attempt={attempts} failed ({detail}); retrying in {delay:?}",
             x.request_id
         );
-        drop((res, attempt));
+        drop(attempt);
         if backoff(x, delay) {
             break Attempts::ClientGone; // hung up during the back-off: no further attempt
         }
@@ -262,6 +286,24 @@ fn timed<B: AsSendBody>(
             .timeout_recv_response(Some(left))
             .build(),
     }
+}
+
+/// The `Retry-After` of a response, if it is text.
+fn retry_after(r: &http::Response<Body>) -> Option<&str> {
+    r.headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// A response read whole (its connection free for the pool), to be relayed later; `None` if
+/// its body is over 64 KiB or breaks.
+fn read_whole(r: http::Response<Body>) -> Option<http::Response<Body>> {
+    let (parts, mut body) = r.into_parts();
+    let bytes = body.with_config().limit(retry::REPLAY_LIMIT).read_to_vec();
+    Some(http::Response::from_parts(
+        parts,
+        Body::builder().data(bytes.ok()?),
+    ))
 }
 
 /// The wait before another attempt after attempt number `attempts` failed, or `None` to stop:

@@ -12,8 +12,8 @@
 //! - an upstream socket (`Line`) records the attempt that uses it, and is shut down for a
 //!   hang-up only if that attempt still owns it — checked under the socket's lock. The transport
 //!   detaches the socket whenever ureq asks whether it is fit for the pool (the moment it goes
-//!   back in, and again when it is taken out), so a socket in the pool, or in another
-//!   attempt's hands, belongs to no client that can hang up.
+//!   back in, to sluice's pool or ureq's; from ureq's, again when it is taken out), so a socket
+//!   in the pool, or in another attempt's hands, belongs to no client that can hang up.
 
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use ureq::http::{self, HeaderMap, HeaderValue};
 use ureq::Body;
 
-use super::exchange::Exchange;
 use super::cancel::Cancel;
 use super::classify::classify;
+use super::exchange::Exchange;
 use crate::answer;
 use crate::config::Config;
 use crate::http::conn::ClientConn;

@@ -1,26 +1,27 @@
 //! The TCP transport of the upstream agent: what ureq's own does (connect under the connect
 //! timeout, Nagle off, reads and writes under ureq's timeouts, EINTR retried) with a cheaper
-//! liveness probe. ureq probes a pooled connection when it is put back and again when it is taken,
-//! each time by switching the socket to non-blocking, reading one byte and switching back: six
-//! syscalls per request. Here only the probe when it is taken reads the socket, with one
-//! `recv(MSG_PEEK | MSG_DONTWAIT)`: the one when it is put back, right after its response was
-//! read, is answered "open" at once, since whatever that probe could see (a stray byte, a
-//! close) the next one sees too, before any request is written (`is_open`). Socket timeouts
-//! are set only when they change by more than 1 % (ureq's read timeout is the time left, so it
-//! changes on every request); see `keep_close`. The connect is sluice's own (non-blocking, then
-//! a wait) so that the socket is attached to the worker's current attempt while it connects;
-//! before each socket operation the connection attaches itself to the current attempt, and
-//! whenever ureq asks whether it is fit for the pool it detaches, so a client's hang-up can
-//! cancel its own attempt and never another's (`cancel.rs`). Its buffers are held only while
-//! used (`buffers.rs`). Its socket is a `MarkedStream`: every connect, read and write is
-//! marked as a call that may block (`runnable.rs`).
+//! liveness probe, and sluice's idle pool beneath ureq (docs/ARCHITECTURE.md "The upstream
+//! client"). ureq asks `is_open` only when it would pool a connection; its own pool holds
+//! nothing, so it drops the connection right after, and a connection dropped in that state goes
+//! to sluice's idle set (`pool.rs`; `Drop`), from which the connector takes the most recently
+//! used one before it connects. That ask is answered "open" at once; the probe, one
+//! `recv(MSG_PEEK | MSG_DONTWAIT)`, runs when the connection is taken, before any request is
+//! written. Socket timeouts are set only when they change by more than 1 % (ureq's read timeout
+//! is the time left, so it changes on every request); see `keep_close`. The connect is sluice's
+//! own (non-blocking, then a wait) so that the socket is attached to the worker's current
+//! attempt while it connects; before each socket operation the connection attaches itself to
+//! the current attempt, and whenever ureq asks whether it is fit for the pool it detaches, so a
+//! client's hang-up can cancel its own attempt and never another's (`cancel.rs`). Its buffers
+//! are held only while used (`buffers.rs`). An https upstream's connections (TLS above this
+//! transport) stay in ureq's own pool, where a second ask, when one is taken, reads the socket. Its socket is a `MarkedStream`: every connect,
+//! read and write is marked as a call that may block (`runnable.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use ureq::unversioned::transport::{
@@ -30,11 +31,59 @@ use ureq::{Error, Timeout};
 
 use super::buffers::{SlimBuffers, INPUT_MAX, RESPONSE_HEAD_MAX};
 use super::cancel::{attach_current, Line};
+use super::pool::{IdleSet, Wire};
 use crate::runnable::MarkedStream;
 
-/// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after).
+/// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after),
+/// or hands out an idle one from sluice's pool (`pool.rs`) when it has one.
 #[derive(Debug, Default)]
-pub struct UpstreamTcp;
+pub struct UpstreamTcp {
+    /// sluice's idle connections (plain http only: ureq keeps TLS sessions in its own pool).
+    idle: Option<Arc<IdleSet<Idle>>>,
+}
+
+/// An idle connection in sluice's pool: its socket (with the handle ureq's shutdown holds) and
+/// the socket timeouts set on it.
+pub struct Idle {
+    line: Arc<Line>,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+}
+
+impl UpstreamTcp {
+    /// A connector with sluice's idle pool: at most `max` idle connections, none older than
+    /// `timeout`.
+    pub fn pooled(max: usize, timeout: Duration) -> Self {
+        UpstreamTcp {
+            idle: Some(Arc::new(IdleSet::new(max, timeout))),
+        }
+    }
+
+    /// The most recently used idle connection that is still open, if any. Each one taken is
+    /// probed (outside the set's lock); a closed one, or one too old, is closed.
+    fn reuse(&self, idle: &Arc<IdleSet<Idle>>, output_size: usize) -> Option<TcpConn> {
+        let mut closed = Vec::new();
+        loop {
+            let taken = idle.take(Instant::now(), &mut closed);
+            drop(std::mem::take(&mut closed)); // closes them, outside the lock
+            let taken = taken?;
+            if !probe(taken.line.stream().socket()) {
+                continue;
+            }
+            Wire::update(|w| w.reused = true);
+            return Some(TcpConn {
+                line: taken.line,
+                buffers: SlimBuffers::new(INPUT_MAX, output_size),
+                read_timeout: taken.read_timeout,
+                write_timeout: taken.write_timeout,
+                attached: 0,
+                asked: false,
+                reusable: false,
+                home: Arc::downgrade(idle),
+            });
+        }
+    }
+}
 
 impl Connector<()> for UpstreamTcp {
     type Out = TcpConn;
@@ -44,6 +93,12 @@ impl Connector<()> for UpstreamTcp {
         details: &ConnectionDetails,
         _chained: Option<()>,
     ) -> Result<Option<TcpConn>, Error> {
+        let fresh = Wire::take_fresh();
+        if let Some(idle) = self.idle.as_ref().filter(|_| !fresh) {
+            if let Some(conn) = self.reuse(idle, details.config.output_buffer_size()) {
+                return Ok(Some(conn));
+            }
+        }
         let timeout = details.timeout.not_zero().map(|t| *t);
         let mut last = None;
         for addr in details.addrs.iter() {
@@ -61,6 +116,8 @@ impl Connector<()> for UpstreamTcp {
                         write_timeout: None,
                         attached,
                         asked: false,
+                        reusable: false,
+                        home: self.idle.as_ref().map_or_else(Weak::new, Arc::downgrade),
                     };
                     (details.register_shutdown)(handle)?;
                     return Ok(Some(conn));
@@ -115,6 +172,43 @@ pub struct TcpConn {
     attached: u64,
     /// ureq asked `is_open` with no read or write since: the next ask reads the socket.
     asked: bool,
+    /// ureq's last ask was answered "open", with no read or write since. ureq asks only when
+    /// it would pool the connection (the response read to its end, the connection keep-alive):
+    /// dropped in that state, the connection goes back to `home` (`Drop`).
+    reusable: bool,
+    /// sluice's idle set this connection goes back to (none: it is closed when dropped).
+    home: Weak<IdleSet<Idle>>,
+}
+
+/// ureq drops a transport it would have pooled right after asking `is_open` (its own idle pool
+/// is size 0 when sluice's is used): such a connection goes to sluice's idle set. Any other
+/// drop — an error, a response not read to its end, `Connection: close` — closes it.
+impl Drop for TcpConn {
+    fn drop(&mut self) {
+        if !self.reusable {
+            return;
+        }
+        if let Some(home) = self.home.upgrade() {
+            let idle = Idle {
+                line: self.line.clone(),
+                read_timeout: self.read_timeout,
+                write_timeout: self.write_timeout,
+            };
+            let mut closed = Vec::new();
+            home.put(idle, Instant::now(), &mut closed);
+        }
+    }
+}
+
+/// True if nothing can be read from `stream` and it is not closed: no byte the upstream sent
+/// unasked, no end of stream. One `recv(MSG_PEEK | MSG_DONTWAIT)`.
+fn probe(stream: &TcpStream) -> bool {
+    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    match SockRef::from(stream).recv_with_flags(&mut probe, flags) {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        Ok(_) => false, // data (garbage) or 0 (closed)
+    }
 }
 
 impl fmt::Debug for TcpConn {
@@ -167,18 +261,23 @@ impl Transport for TcpConn {
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
         self.asked = false;
+        self.reusable = false;
+        Wire::update(|w| w.wrote = true); // before the write: a failed one may have sent part
         attach_current(&self.line, &mut self.attached);
         let timeout = timeout.for_write();
         let want = left(timeout)?;
         let sock = self.line.stream().socket();
         keep_close(&mut self.write_timeout, want, |t| sock.set_write_timeout(t))?;
         let output = &self.buffers.output()[..amount];
-        self.line.stream().write_all(output)
+        self.line
+            .stream()
+            .write_all(output)
             .map_err(|e| timed_out(e, timeout.reason))
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
         self.asked = false;
+        self.reusable = false;
         // What was written is sent: the output buffer is not needed while the response comes.
         self.buffers.release_output();
         attach_current(&self.line, &mut self.attached);
@@ -201,6 +300,9 @@ impl Transport for TcpConn {
             }
         };
         self.buffers.input_appended(n);
+        if n > 0 {
+            Wire::update(|w| w.received = true);
+        }
         Ok(n > 0)
     }
 
@@ -215,17 +317,15 @@ impl Transport for TcpConn {
         // uses it again (`cancel.rs`).
         self.line.detach();
         self.attached = 0;
-        if !std::mem::replace(&mut self.asked, true) {
+        let open = if !std::mem::replace(&mut self.asked, true) {
             // Going back to the pool: an idle connection holds no buffers.
             self.buffers.release();
-            return true;
-        }
-        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-        match SockRef::from(self.line.stream().socket()).recv_with_flags(&mut probe, flags) {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-            Ok(_) => false, // data (garbage) or 0 (closed)
-        }
+            true
+        } else {
+            probe(self.line.stream().socket())
+        };
+        self.reusable = open;
+        open
     }
 }
 

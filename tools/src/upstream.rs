@@ -16,6 +16,8 @@
 //! | `wait_ms=N` | wait before the response head, watching the connection: a close meanwhile ends the request, and when it came is recorded (`closes()`) |
 //! | `garbage=1` / `big_header=N` | a non-HTTP answer / a response header of N bytes |
 //! | `drop_after=1` | close the connection after the response without saying so (stale pool) |
+//! | `reset_next=1` | answer normally; the next request on this connection is read whole, then RST |
+//! | `then_reset=1` | answer the first request with this target; every later one is read whole, then RST |
 //!
 //! `/__upstream/fail?status=N` makes every later request answer N (`status=0` clears it);
 //! `/__upstream/delay?ms=N` delays every later request; `/__upstream/stats` gives counts.
@@ -23,6 +25,7 @@
 //! makes `/health` answer N (`status=0`: as any path). The same switches for a test that flips
 //! them while it runs: `set_fail`, `set_delay`, `set_hang` (every request is read and never
 //! answered: a hung upstream), `set_health`.
+//! `set_idle_close` makes it close a connection idle that long, as Node (5 s) or gunicorn (2 s) do.
 //! Everything received is recorded for the tests (`received()`).
 
 use std::io::{self, Read, Write};
@@ -49,6 +52,8 @@ pub struct Received {
     /// The first 64 KiB of the body.
     pub body_prefix: Vec<u8>,
     pub body_complete: bool,
+    /// The port the request came from: which upstream connection carried it.
+    pub peer_port: u16,
 }
 
 impl Received {
@@ -74,6 +79,10 @@ struct State {
     connections: AtomicU64,
     fail_status: AtomicU64,
     delay_ms: AtomicU64,
+    /// Targets of `then_reset=1` requests seen so far.
+    seen: Mutex<std::collections::HashSet<String>>,
+    /// Close a connection idle this long (0: 120 s).
+    idle_close_ms: AtomicU64,
     /// `hang=1` requests whose connection sluice closed while the upstream held them.
     hangs_closed: AtomicU64,
     /// Every request hangs (`set_hang`).
@@ -156,6 +165,14 @@ impl TestUpstream {
             .store(status.map_or(0, u64::from), Relaxed);
     }
 
+    /// From now on a connection that stays idle (no request head begun) for `idle` is closed,
+    /// the way a busy server's event loop does it: the close takes effect `IDLE_CLOSE_LAG`
+    /// later, and a request that arrives in between is lost — never read, reset by the close.
+    pub fn set_idle_close(&self, idle: Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        self.state.idle_close_ms.store(ms.max(1), Relaxed);
+    }
+
     /// Every later request waits this long before its response.
     pub fn set_delay(&self, delay: Duration) {
         self.state.delay_ms.store(delay.as_millis() as u64, Relaxed);
@@ -203,21 +220,34 @@ fn accept_loop(listener: TcpListener, state: Arc<State>) {
 fn serve(stream: TcpStream, state: &State) {
     let Ok(peer) = stream.peer_addr() else { return };
     let mut conn = ClientConn::new(stream, peer, Duration::from_secs(30));
-    let deadlines = HeadDeadlines {
-        first_byte: Duration::from_secs(120),
-        whole_head: Duration::from_secs(30),
-        max_head_bytes: 1 << 20,
-    };
+    let mut reset_next = false;
     while !state.stopped.load(Relaxed) {
+        let idle_ms = state.idle_close_ms.load(Relaxed);
+        let deadlines = HeadDeadlines {
+            first_byte: match idle_ms {
+                0 => Duration::from_secs(120),
+                ms => Duration::from_millis(ms),
+            },
+            whole_head: Duration::from_secs(30),
+            max_head_bytes: 1 << 20,
+        };
         let Ok(head) = conn.read_head(deadlines) else {
+            if idle_ms > 0 {
+                std::thread::sleep(IDLE_CLOSE_LAG); // closing: what arrives now is never read
+            }
             return;
         };
         state.requests.fetch_add(1, Relaxed);
-        if !respond(&mut conn, &head, state).unwrap_or(false) {
+        let go_on = respond(&mut conn, &head, state, reset_next).unwrap_or(false);
+        reset_next = head.target.contains("reset_next=1");
+        if !go_on {
             return;
         }
     }
 }
+
+/// How long after its idle timeout fires a connection is closed (`set_idle_close`).
+pub const IDLE_CLOSE_LAG: Duration = Duration::from_millis(50);
 
 fn params(target: &str) -> Vec<(String, String)> {
     let query = target.split_once('?').map_or("", |(_, q)| q);
@@ -240,7 +270,13 @@ fn fnv(hash: u64, bytes: &[u8]) -> u64 {
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Handles one request; returns whether the connection goes on.
-fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Result<bool> {
+/// With `reset_now`, the request is read whole and recorded, then the connection is reset.
+fn respond(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    state: &State,
+    reset_now: bool,
+) -> io::Result<bool> {
     let p = params(&head.target);
     let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
@@ -265,6 +301,7 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         body_hash: FNV_START,
         body_prefix: Vec::new(),
         body_complete: true,
+        peer_port: conn.peer.port(),
     };
     let echo_body = flag("echo_body");
     let mut echoed = Vec::new();
@@ -318,7 +355,8 @@ fn respond(conn: &mut ClientConn, head: &RequestHead, state: &State) -> io::Resu
         }
         return Ok(false);
     }
-    if flag("reset") {
+    let again = flag("then_reset") && !state.seen.lock().insert(head.target.clone());
+    if flag("reset") || reset_now || again {
         reset(conn);
         return Ok(false);
     }
