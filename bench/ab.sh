@@ -2,7 +2,7 @@
 # A/B of sluice builds on one machine in one sitting: each build in turn (alternating, ROUNDS
 # rounds) behind a one-process nginx answering 24 bytes (and a 1 MiB file), 100 workers / queue
 # 200 / pool 100 as the shipped proxy_config.json, `wrk -t2` for SECONDS after 2 s of warm-up,
-# and `perf stat` on the sluice process: syscalls, context switches and CPU time per request —
+# and `perf stat` on the sluice process: syscalls, futex calls, context switches and CPU time per request —
 # the stable signal on noisy shared cores (docs/PERFORMANCE.md "What each change moved").
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [CONNS...]      e.g. bench/ab.sh /tmp/old/sluice target/release/sluice 50 200
@@ -40,7 +40,7 @@ one() { # binary conns path
   sluice_pid=$!
   sleep 0.5
   wrk -t2 -c"$2" -d2s "http://127.0.0.1:$px$3" >/dev/null
-  perf stat -e raw_syscalls:sys_enter,context-switches,task-clock -p "$sluice_pid" -o "$d/perf" -- sleep $((secs - 1)) &
+  perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_futex,context-switches,task-clock -p "$sluice_pid" -o "$d/perf" -- sleep $((secs - 1)) &
   local stat=$!
   wrk -t2 -c"$2" -d"${secs}s" --latency "http://127.0.0.1:$px$3" > "$d/wrk"
   wait $stat || true
@@ -55,12 +55,12 @@ p = open(f"{d}/perf").read()
 n = lambda name: float(re.search(r"([\d,.]+)\s+(?:msec\s+)?" + re.escape(name), p).group(1).replace(",", ""))
 reqs = rps * window
 print(f"| {binary} | {conns} | {path} | {rps:.0f} | {p99} | {n('raw_syscalls:sys_enter') / reqs:.2f} | "
-      f"{n('context-switches') / reqs:.2f} | {n('task-clock') * 1000 / reqs:.1f} |")
+      f"{n('syscalls:sys_enter_futex') / reqs:.2f} | {n('context-switches') / reqs:.2f} | {n('task-clock') * 1000 / reqs:.1f} |")
 EOF
 }
 
-echo "| build | conns | path | req/s | p99 | syscalls/req | ctx switches/req | CPU µs/req |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|"
+echo "| build | conns | path | req/s | p99 | syscalls/req | futex/req | ctx switches/req | CPU µs/req |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
 for _ in $(seq "$rounds"); do
   for c in "${conns[@]}"; do
     for p in $paths; do

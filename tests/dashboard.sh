@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The live dashboard page (README "Monitoring"): the page's data shaping under node
 # (tests/dashboard_unit.js), then the page in headless Chromium against a running sluice under a
-# small bounded load with a failing phase (tests/dashboard_browser.py); writes docs/dashboard.png.
+# small bounded load with a failing phase (tests/dashboard_browser.py); writes target/dashboard.png
+# (docs/dashboard.png with SLUICE_UPDATE_SCREENSHOT=1).
 # Installs Debian's chromium, chromium-driver and nodejs when missing (as root), like tests/deploy.sh
 # installs podman. Needs the release binaries (test.sh builds them). ~35 s.
 set -euo pipefail

@@ -7,7 +7,8 @@ bounded load with a failing phase (the upstream answers 503 until the breaker op
 Checks: the rendered numbers are /proxy-metrics' numbers at that moment (within one poll; equal
 once the load stopped); the breaker opening shows within two polls; the page asks no other host
 (Chromium's own network log; every other host name resolves nowhere); no script error; no
-sideways scrolling at a phone's width. Writes the screenshot docs/dashboard.png.
+sideways scrolling at a phone's width. Writes the screenshot target/dashboard.png
+(docs/dashboard.png with SLUICE_UPDATE_SCREENSHOT=1).
 Run by tests/dashboard.sh; prints one "dashboard: ok|FAILED - ..." line per check.
 """
 import base64
@@ -303,9 +304,12 @@ def main():
         h = driver.js("return document.documentElement.scrollHeight")
         driver.screen(1280, min(2000, h), mobile=False)
         png = base64.b64decode(driver.cmd("GET", "/screenshot"))
-        with open(os.path.join(ROOT, "docs", "dashboard.png"), "wb") as f:
+        # target/ by default, so a test run leaves the tree clean; SLUICE_UPDATE_SCREENSHOT=1
+        # writes the one docs/ shows.
+        shot = ("docs" if os.environ.get("SLUICE_UPDATE_SCREENSHOT") == "1" else "target")
+        with open(os.path.join(ROOT, shot, "dashboard.png"), "wb") as f:
             f.write(png)
-        check(png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, "screenshot written to docs/dashboard.png",
+        check(png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, f"screenshot written to {shot}/dashboard.png",
               f"{len(png)} bytes")
 
         # Load stopped and settled: every number on the page is /proxy-metrics' number.
