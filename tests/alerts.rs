@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 
@@ -120,17 +119,8 @@ fn every_metric_the_alert_rules_and_the_docs_name_is_one_sluice_emits() {
 #[test]
 fn the_slow_answers_series_leaves_out_instant_refusals() {
     let up = upstream();
-    let s = sluice(up.port(), |c| {
-        c.max_concurrent_requests = 1;
-        c.max_queue_size = 0;
-    });
+    let s = overloaded(&up);
     let addr = s.addr();
-    let slow = std::thread::spawn(move || get(addr, "/slow?delay_ms=400"));
-    assert!(eventually(Duration::from_secs(3), || up.request_count() == 1));
-    for _ in 0..50 {
-        get(addr, "/refused").assert_sluice_error(503, "queue_full");
-    }
-    assert_eq!(slow.join().unwrap().status, 200);
     let p = scrape(addr);
     let avg = |family: &str| {
         let count = value(&p, &format!("{family}_count"));

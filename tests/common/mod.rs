@@ -69,6 +69,23 @@ pub fn sluice(target_port: u16, tweak: impl FnOnce(&mut Config)) -> Running {
     sluice::start(config(target_port, tweak)).expect("start sluice")
 }
 
+/// An overload: a one-worker, no-queue sluice in front of `up` whose worker holds one 400 ms
+/// request while 50 more are refused at once (503 `queue_full`); returned after all answered.
+pub fn overloaded(up: &TestUpstream) -> Running {
+    let s = sluice(up.port(), |c| {
+        c.max_concurrent_requests = 1;
+        c.max_queue_size = 0;
+    });
+    let addr = s.addr();
+    let slow = std::thread::spawn(move || get(addr, "/slow?delay_ms=400"));
+    assert!(eventually(Duration::from_secs(3), || up.request_count() == 1));
+    for _ in 0..50 {
+        get(addr, "/refused").assert_sluice_error(503, "queue_full");
+    }
+    assert_eq!(slow.join().unwrap().status, 200);
+    s
+}
+
 /// A loopback port that refuses connections: bound but never listening, so no other test can be
 /// given it while this lives (a released port can be handed to a parallel test's upstream).
 pub struct DeadPort(socket2::Socket);
