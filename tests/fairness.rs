@@ -89,10 +89,7 @@ fn greedy_and_light(key: ClientKey, light_requests: usize) -> (Vec<Duration>, f6
             })
         })
         .collect();
-    let waits: Vec<Duration> = lights
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
+    let waits: Vec<Duration> = lights.into_iter().flat_map(|h| h.join().unwrap()).collect();
     // The light clients are done: the greedy one has every worker.
     let samples: Vec<u64> = (0..40)
         .map(|_| {
@@ -124,7 +121,10 @@ fn a_light_request_starts_within_one_service_time_and_the_greedy_client_gets_the
     for w in &waits {
         assert!(*w < Duration::from_millis(1000), "{:?}", ms(&waits));
     }
-    assert!(busy >= 0.95 * 4.0, "the greedy client alone: {busy:.2} of 4 workers busy");
+    assert!(
+        busy >= 0.95 * 4.0,
+        "the greedy client alone: {busy:.2} of 4 workers busy"
+    );
 }
 
 #[test]
@@ -132,7 +132,11 @@ fn without_fairness_the_light_clients_wait_behind_the_greedy_one() {
     let (waits, _) = greedy_and_light(ClientKey::None, 1);
     eprintln!("client_key none: light requests took {:?} ms", ms(&waits));
     // 36 greedy requests queued ahead, four workers, 400 ms each: seconds, not milliseconds.
-    assert!(waits.iter().all(|w| *w > Duration::from_millis(1500)), "{:?}", ms(&waits));
+    assert!(
+        waits.iter().all(|w| *w > Duration::from_millis(1500)),
+        "{:?}",
+        ms(&waits)
+    );
 }
 
 /// With one worker busy (`a0`): `a1`, `a2` queue from the greedy client, then `b0` from another.
@@ -161,13 +165,19 @@ fn none_is_first_come_first_served_and_a_reload_to_ip_serves_the_light_client_fi
         c.client_key = ClientKey::None;
     });
     let s = sluice::start(cfg.clone()).expect("start sluice");
-    assert_eq!(order_of_service(&s, &up), ["/a0?delay_ms=400", "/a1", "/a2", "/b0"]);
+    assert_eq!(
+        order_of_service(&s, &up),
+        ["/a0?delay_ms=400", "/a1", "/a2", "/b0"]
+    );
     s.reload(sluice::Config {
         client_key: ClientKey::Ip,
         ..cfg
     });
     assert_eq!(metrics(s.addr())["active_groups"], 0, "every group freed");
-    assert_eq!(order_of_service(&s, &up), ["/a0?delay_ms=400", "/b0", "/a1", "/a2"]);
+    assert_eq!(
+        order_of_service(&s, &up),
+        ["/a0?delay_ms=400", "/b0", "/a1", "/a2"]
+    );
 }
 
 #[test]
@@ -204,7 +214,10 @@ fn header_keys_group_by_the_headers_value_and_the_top_groups_show_it() {
         .iter()
         .map(|g| g["group"].as_str().unwrap())
         .collect();
-    assert!(groups.contains(&"other") && groups.contains(&"127.0.0.1"), "{groups:?}");
+    assert!(
+        groups.contains(&"other") && groups.contains(&"127.0.0.1"),
+        "{groups:?}"
+    );
     for h in hs {
         assert_eq!(h.join().unwrap().status, 200);
     }
@@ -212,7 +225,11 @@ fn header_keys_group_by_the_headers_value_and_the_top_groups_show_it() {
     assert_eq!(order[0], "/a0?delay_ms=600");
     let mut next = order[1..3].to_vec();
     next.sort();
-    assert_eq!(next, ["/b0", "/n0"], "the other groups before acme's queued ones");
+    assert_eq!(
+        next,
+        ["/b0", "/n0"],
+        "the other groups before acme's queued ones"
+    );
     assert_eq!(order[3..], ["/a1", "/a2"]);
 }
 
@@ -235,13 +252,24 @@ fn a_full_queue_gives_up_the_greedy_groups_newest_request_not_a_light_clients() 
         .map(|&from| background(addr, from, "/light".into()))
         .collect();
     for h in lights {
-        assert_eq!(h.join().unwrap().status, 200, "a light client is never refused");
+        assert_eq!(
+            h.join().unwrap().status,
+            200,
+            "a light client is never refused"
+        );
     }
     let statuses: Vec<u16> = hogs.into_iter().map(|h| h.join().unwrap().status).collect();
     let given_up = statuses.iter().filter(|&&st| st == 503).count();
-    assert_eq!(given_up, 3, "one queued greedy request per light one: {statuses:?}");
+    assert_eq!(
+        given_up, 3,
+        "one queued greedy request per light one: {statuses:?}"
+    );
     let served: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
-    assert_eq!(served.len(), 5 + 3, "a request given up is never forwarded: {served:?}");
+    assert_eq!(
+        served.len(),
+        5 + 3,
+        "a request given up is never forwarded: {served:?}"
+    );
     assert_eq!(metrics(addr)["queue_rejected"], 4);
 }
 
@@ -260,11 +288,19 @@ fn max_client_requests_answers_429_client_limit_with_retry_after() {
     let r = get_from(addr, GREEDY, "/third");
     r.assert_sluice_error(429, "client_limit");
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert_eq!(get_from(addr, LIGHT[0], "/other").status, 200, "another group");
+    assert_eq!(
+        get_from(addr, LIGHT[0], "/other").status,
+        200,
+        "another group"
+    );
     for h in busy {
         assert_eq!(h.join().unwrap().status, 200);
     }
-    assert_eq!(get_from(addr, GREEDY, "/later").status, 200, "under the cap again");
+    assert_eq!(
+        get_from(addr, GREEDY, "/later").status,
+        200,
+        "under the cap again"
+    );
     assert!(up.received().iter().all(|r| r.target != "/third"));
     assert_eq!(metrics(addr)["outcomes"]["client_limit"], 1);
 }

@@ -48,7 +48,9 @@ impl Parse<ClientKey> for KeyParser {
             }
             _ => Err(err(
                 key,
-                format!("expected \"ip\", \"none\" or \"header:NAME\" (a header name), got {given:?}"),
+                format!(
+                    "expected \"ip\", \"none\" or \"header:NAME\" (a header name), got {given:?}"
+                ),
             )),
         }
     }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use argh::FromArgs;
 use serde_json::{Map, Value};
 
+use super::client_key::{ClientKey, KeyParser};
 use super::value::{
     Bool, Choice, ConfigError, Factor, Host, Int, OriginPath, Parse, Raw, Secs, ToJson,
 };
-use super::client_key::{ClientKey, KeyParser};
 use super::{LogLevel, Scheme};
 
 /// Writes out the table as types and functions. Each row:

@@ -65,8 +65,7 @@ impl Front {
         } else if let Some(r) = refusal(&gate) {
             let a = answer::error(&head, r.reason, &request_id, r.retry_after, body_done);
             Some((a, Outcome::Sluice(r.reason)))
-        } else if cfg.max_client_requests > 0
-            && self.queue.load(&group) >= cfg.max_client_requests
+        } else if cfg.max_client_requests > 0 && self.queue.load(&group) >= cfg.max_client_requests
         {
             let (reason, after) = (Reason::ClientLimit, Some(CLIENT_LIMIT_RETRY_AFTER));
             let a = answer::error(&head, reason, &request_id, after, body_done);
@@ -75,8 +74,8 @@ impl Front {
             None
         };
         if let Some((answer, outcome)) = local {
-            let ctx = RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO)
-                .in_group(&group);
+            let ctx =
+                RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO).in_group(&group);
             return self.answer_here(key, &ctx, answer, outcome);
         }
         let pending = Pending {

@@ -191,7 +191,11 @@ impl<T> Fair<T> {
     /// refused. A request in a worker is never given up.
     pub fn evict_for(&mut self, newcomer: &Group) -> Option<T> {
         let mine = self.groups.get(newcomer).map_or(0, |l| l.waiting.len());
-        let waiting_groups = self.groups.values().filter(|l| !l.waiting.is_empty()).count();
+        let waiting_groups = self
+            .groups
+            .values()
+            .filter(|l| !l.waiting.is_empty())
+            .count();
         let groups = waiting_groups + usize::from(mine == 0);
         if mine * groups >= self.queued {
             return None; // its share or more (or nothing waits)

@@ -104,9 +104,17 @@ fn a_full_queue_gives_up_the_newest_of_the_largest_group_for_a_group_below_its_s
 fn nothing_waiting_means_nothing_to_give_up() {
     let mut f: Fair<u32> = Fair::default();
     f.enter(ip(2));
-    assert_eq!(f.evict_for(&ip(3)), None, "a request in a worker is never given up");
+    assert_eq!(
+        f.evict_for(&ip(3)),
+        None,
+        "a request in a worker is never given up"
+    );
     f.push(Group::All, 1);
-    assert_eq!(f.evict_for(&Group::All), None, "one group: the newcomer is refused");
+    assert_eq!(
+        f.evict_for(&Group::All),
+        None,
+        "one group: the newcomer is refused"
+    );
 }
 
 #[test]
@@ -162,7 +170,10 @@ fn groups_come_from_the_address_a_header_or_nothing() {
         Group::Ip(peer),
         "without the header: its address"
     );
-    let long = format!("GET / HTTP/1.1\r\nHost: a\r\nT: {}\r\n\r\n", "x".repeat(1000));
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nT: {}\r\n\r\n",
+        "x".repeat(1000)
+    );
     let Group::Key(k) = group_of(&by("t"), &head(&long), peer) else {
         panic!("a key")
     };

@@ -38,7 +38,9 @@ pub fn prompt(previous_done: Option<Instant>, head_at: Instant) -> bool {
     previous_done.is_some_and(|t| head_at.saturating_duration_since(t) <= KEEP)
 }
 
-/// What becomes of a kept-alive connection a worker is done with.
+/// What becomes of a kept-alive connection a worker is done with. Returned once and taken
+/// apart at once: boxing the request would cost an allocation on the fastest path.
+#[allow(clippy::large_enum_variant)]
 pub enum Next<'q> {
     /// Its next request, for this worker to serve, counted against admission and in its group.
     Serve(Parked, (Ticket, Serving<'q, Job>)),
@@ -48,7 +50,12 @@ pub enum Next<'q> {
     Gone,
 }
 
-pub fn next<'q>(shared: &Shared, queue: &'q Queue<Job>, back: &Back, mut client: Client) -> Next<'q> {
+pub fn next<'q>(
+    shared: &Shared,
+    queue: &'q Queue<Job>,
+    back: &Back,
+    mut client: Client,
+) -> Next<'q> {
     if !client.prompt || shared.draining() || client.io.has_unsent() || !queue.spare() {
         return Next::Back(client);
     }

@@ -287,17 +287,31 @@ mod tests {
         assert_eq!(first, 0);
         q.try_push(ip(3), 10).unwrap();
         let (light, item) = q.pop_timeout(Duration::ZERO).unwrap();
-        assert_eq!(item, 10, "the light client, before the greedy one's older requests");
+        assert_eq!(
+            item, 10,
+            "the light client, before the greedy one's older requests"
+        );
         assert_eq!(q.groups(10).0, 2);
         drop(light);
-        assert_eq!(q.groups(10).0, 1, "a group with nothing in workers or waiting is freed");
+        assert_eq!(
+            q.groups(10).0,
+            1,
+            "a group with nothing in workers or waiting is freed"
+        );
         assert!(q.keep(ip(2), 1).is_none(), "ip(2) is at a cap of 1");
         let kept = q.keep(ip(2), 0).expect("nothing else waits");
         assert_eq!(q.load(&ip(2)), 4, "one popped, one kept, two waiting");
         q.try_push(ip(4), 20).unwrap();
-        assert!(q.keep(ip(2), 0).is_none(), "ip(4) waits with none in workers");
+        assert!(
+            q.keep(ip(2), 0).is_none(),
+            "ip(4) waits with none in workers"
+        );
         drop((greedy, kept));
-        assert_eq!(q.evict_for(&ip(5)), Some(2), "the newest of the largest group");
+        assert_eq!(
+            q.evict_for(&ip(5)),
+            Some(2),
+            "the newest of the largest group"
+        );
         assert_eq!(q.len(), 2);
     }
 

@@ -70,11 +70,7 @@ fn run(pool: &Pool) {
 
 /// Takes jobs until the queue closes or sluice stops. A panic while handling one job is caught
 /// and counted; the loop (this worker) goes on with the next job.
-fn drain<'q, J>(
-    shared: &Shared,
-    queue: &'q Queue<J>,
-    mut handle: impl FnMut(Serving<'q, J>, J),
-) {
+fn drain<'q, J>(shared: &Shared, queue: &'q Queue<J>, mut handle: impl FnMut(Serving<'q, J>, J)) {
     loop {
         let Some((serving, job)) = queue.pop_timeout(Duration::from_millis(500)) else {
             if shared.stopping() {
@@ -157,7 +153,8 @@ fn serve(
     // 503 `shutdown` below.)
     if cfg.abort_on_client_close && client.cancel.hung_up() && !shared.grace_over() {
         // Its client left while it waited in the queue: never sent upstream.
-        let ctx = RequestCtx::new(&head, &request_id, client.io.peer, started, waited).in_group(&group);
+        let ctx =
+            RequestCtx::new(&head, &request_id, client.io.peer, started, waited).in_group(&group);
         shared.finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
         return None;
     }

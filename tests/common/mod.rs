@@ -158,7 +158,8 @@ impl Conn {
         use socket2::{Domain, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
         let local = SocketAddr::from((from, 0));
-        s.bind(&local.into()).expect("bind a loopback source address");
+        s.bind(&local.into())
+            .expect("bind a loopback source address");
         s.connect(&addr.into()).expect("connect to sluice");
         let s: TcpStream = s.into();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
