@@ -278,6 +278,10 @@ def main():
               "under load, the page shows /proxy-metrics' total within one poll",
               f"{before['total_requests']} <= {d.get('total_requests')} <= {after['total_requests']}")
         check(float(d.get("rate_total", 0)) > 5, "the page shows a request rate under load", str(d.get("rate_total")))
+        groups = "const p = document.getElementById('p-groups'); return p.hidden ? '' : p.textContent"
+        check(wait_for(lambda: "127.0.0.1" in driver.js(groups), 2 * EVERY + 2, 0.1),
+              "under load, the top client groups table shows the load's group (top_groups)",
+              driver.js(groups))
         time.sleep(4)
 
         # The failing phase: the upstream answers 503 until the breaker opens.

@@ -459,6 +459,10 @@ fn access_log_has_one_json_line_per_request() {
         (Some(502), Some("upstream_error"))
     );
     assert_eq!(lines[1]["bytes_in"], 3);
+    assert_eq!(
+        lines[0]["group"], "127.0.0.1",
+        "its client_key group: the address"
+    );
     for key in [
         "time",
         "client",

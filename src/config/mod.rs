@@ -6,6 +6,7 @@
 //! (`value.rs`), so a bad value gets the same message either way.
 
 mod args;
+mod client_key;
 mod table;
 mod value;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub use args::normalize as normalize_args;
+pub use client_key::ClientKey;
 pub use table::{Config, Flags, HELP, KEYS};
 use value::{err, Named};
 pub use value::{ConfigError, Raw, MIN_TIMEOUT};

@@ -9,6 +9,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use serde_json::{Map, Value};
 
+use super::client_key::{ClientKey, KeyParser};
 use super::value::{
     Bool, Choice, ConfigError, Factor, Host, Int, OriginPath, Parse, Raw, Secs, ToJson,
 };
@@ -155,6 +156,10 @@ settings! {
     max_concurrent_requests: usize = 50, int(1, 10_000, "a whole number 1-10000"), restart, option(String);
     /// requests waiting for a worker; beyond it 503 queue_full (default 100)
     max_queue_size: usize = 100, int(0, 1_000_000, "a whole number 0-1000000"), restart, option(String);
+    /// how requests are grouped for a fair share of the workers: ip (the client's address), header:NAME (that header's value, else the address) or none (one group: first come, first served) (default ip)
+    client_key: ClientKey = ClientKey::Ip, KeyParser, reload, option(String);
+    /// most requests one group (client_key) may have in workers and queue together; beyond it 429 client_limit (default 0 = off)
+    max_client_requests: usize = 0, int(0, 1_000_000, "a whole number 0-1000000 (0 = off)"), reload, option(String);
     /// seconds a request may wait in the queue; beyond it 503 queue_timeout (default 30)
     queue_timeout: Duration = Duration::from_secs(30), SECS, reload, option(String);
     /// seconds to connect to the upstream (default 10)

@@ -14,13 +14,17 @@ use crate::http::write::Simple;
 use crate::observe::lookup::Lookup;
 use crate::policy::breaker::State;
 use crate::policy::connection::keep_alive;
+use crate::policy::fair::Load;
 use crate::policy::health::{CheckView, Health};
 use crate::policy::route::{path_only, DASHBOARD, HEALTH, METRICS};
+use crate::pool::handoff::Job;
+use crate::pool::queue::Queue;
 use crate::state::Shared;
 
 /// The response to an admin request, and whether the connection stays open after it.
-/// `queued`: requests waiting in the queue now.
-pub fn answer(shared: &Shared, queued: usize, head: &RequestHead) -> (Vec<u8>, bool) {
+/// `queue`: the job queue, for what waits in it now.
+pub fn answer(shared: &Shared, queue: &Queue<Job>, head: &RequestHead) -> (Vec<u8>, bool) {
+    let queued = queue.len();
     let keep = keep_alive(head, head.framing == Framing::None, shared.draining());
     if path_only(&head.path) == DASHBOARD && matches!(head.method.as_str(), "GET" | "HEAD") {
         return (super::dashboard::answer(head, keep), keep);
@@ -40,7 +44,7 @@ pub fn answer(shared: &Shared, queued: usize, head: &RequestHead) -> (Vec<u8>, b
             METRICS => (
                 200,
                 "application/json",
-                metrics_json(shared, queued).to_string(),
+                metrics_json(shared, queued, queue.groups(TOP_GROUPS)).to_string(),
             ),
             _ => (
                 200,
@@ -116,11 +120,15 @@ fn active(shared: &Shared) -> u64 {
     shared.metrics.active_requests.load(Relaxed).max(0) as u64
 }
 
+/// How many client groups `/proxy-metrics` lists in `top_groups`.
+const TOP_GROUPS: usize = 10;
+
 /// `/proxy-metrics`: the Python service's keys, seconds as floats, success_rate in percent. The
 /// keys come out in the order written here (serde_json's `preserve_order`), which is README's:
 /// `status, uptime_seconds, target, metrics, config`, the metrics in README's table order with
 /// `outcomes` last, so `watch 'curl … | jq'` shows the watch signals first.
-pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
+/// `groups`: the client groups with a request in a worker or waiting, and the top ones.
+pub fn metrics_json(shared: &Shared, queued: usize, groups: (usize, Vec<Load>)) -> Value {
     let m = &shared.metrics;
     let cfg = shared.config();
     let lat = m.latency();
@@ -160,6 +168,12 @@ pub fn metrics_json(shared: &Shared, queued: usize) -> Value {
             "max_concurrent_requests": shared.workers,
             "queue_size": queued,
             "max_queue_size": shared.queue_capacity,
+            "active_groups": groups.0,
+            "top_groups": groups.1.iter().map(|l| json!({
+                "group": l.group.to_string(),
+                "in_flight": l.in_flight,
+                "queued": l.queued,
+            })).collect::<Vec<Value>>(),
             "client_connections": m.client_connections.load(Relaxed).max(0),
             "avg_response_time": lat.mean,
             "min_response_time": lat.min,

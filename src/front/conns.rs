@@ -15,6 +15,7 @@ use super::Front;
 use crate::config::Config;
 use crate::http::conn::recv_now;
 use crate::http::parse::RequestHead;
+use crate::policy::fair::Group;
 use crate::pool::handoff::Client;
 use crate::state::InProgress;
 
@@ -48,6 +49,8 @@ pub(super) struct Pending {
     pub request_id: String,
     pub started: Instant,
     pub in_progress: InProgress,
+    /// Its client group (`client_key`).
+    pub group: Group,
 }
 
 impl Entry {

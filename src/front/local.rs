@@ -1,6 +1,7 @@
 //! Answers the front end gives without a worker, and the one place that decides them: admin
 //! paths, `OPTIONS *`, a drain whose grace ended and an open breaker (`policy/refusal.rs`), a
-//! full queue, a queue time run out, a head that could not be read (400/408/414/431) and the
+//! client group at `max_client_requests`, a full queue (the newcomer, or the newest waiting
+//! request of the group holding the most of it: `policy/fair.rs`), a queue time run out, a head that could not be read (400/408/414/431) and the
 //! connection cap. Every other request is parked in a slot and queued for a worker.
 
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use crate::http::conn::BodyPoll;
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::write;
 use crate::observe::access_log::RequestCtx;
+use crate::policy::admission::Ticket;
 use crate::policy::connection::keep_alive;
+use crate::policy::fair::{group_of, Group, CLIENT_LIMIT_RETRY_AFTER};
 use crate::policy::headers;
 use crate::policy::outcome::{Finished, Outcome};
 use crate::policy::reason::Reason;
@@ -31,9 +34,13 @@ impl Front {
         let started = Instant::now();
         let route = route(&head);
         if route == Route::Admin {
-            let (bytes, keep) = admin::answer(&self.shared, self.queue.len(), &head);
+            let (bytes, keep) = admin::answer(&self.shared, &self.queue, &head);
             return self.send(key, &bytes, keep);
         }
+        let Some(peer) = self.entry(key).map(|e| e.client.io.peer) else {
+            return false;
+        };
+        let group = group_of(&cfg.client_key, &head, peer.ip());
         let in_progress = self.shared.begin_request();
         let request_id = headers::request_id(&head);
         // While draining, sluice's own answers close the connection too.
@@ -55,17 +62,20 @@ impl Front {
         } else if let Err(reason) = check_encodable(&head) {
             let a = answer::error(&head, reason, &request_id, None, false);
             Some((a, Outcome::Sluice(reason)))
+        } else if let Some(r) = refusal(&gate) {
+            let a = answer::error(&head, r.reason, &request_id, r.retry_after, body_done);
+            Some((a, Outcome::Sluice(r.reason)))
+        } else if cfg.max_client_requests > 0 && self.queue.load(&group) >= cfg.max_client_requests
+        {
+            let (reason, after) = (Reason::ClientLimit, Some(CLIENT_LIMIT_RETRY_AFTER));
+            let a = answer::error(&head, reason, &request_id, after, body_done);
+            Some((a, Outcome::Sluice(reason)))
         } else {
-            refusal(&gate).map(|r| {
-                let a = answer::error(&head, r.reason, &request_id, r.retry_after, body_done);
-                (a, Outcome::Sluice(r.reason))
-            })
+            None
         };
         if let Some((answer, outcome)) = local {
-            let Some(peer) = self.entry(key).map(|e| e.client.io.peer) else {
-                return false;
-            };
-            let ctx = RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO);
+            let ctx =
+                RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO).in_group(&group);
             return self.answer_here(key, &ctx, answer, outcome);
         }
         let pending = Pending {
@@ -73,6 +83,7 @@ impl Front {
             request_id,
             started,
             in_progress,
+            group,
         };
         self.wait_for_body(key, pending, cfg)
     }
@@ -109,25 +120,29 @@ impl Front {
     }
 
     /// Parks a request whose body is buffered (or will be streamed) and queues it for a
-    /// worker; 503 `queue_full` if there is no room. True if the connection is still here.
+    /// worker; 503 `queue_full` if there is no room (`make_room`). True if the connection is
+    /// still here.
     pub(super) fn dispatch(&mut self, key: usize, p: Pending, cfg: &Config) -> bool {
         let Some(entry) = self.send_away(key) else {
             return false;
         };
         let started = p.started;
+        let group = p.group.clone();
         let slot = Arc::new(Slot::new(Parked {
             client: entry.client,
             head: p.head,
             request_id: p.request_id,
             started,
             in_progress: p.in_progress,
+            group: p.group,
         }));
-        if let Some(ticket) = self.shared.admission.try_enter() {
+        let ticket = self.shared.admission.try_enter();
+        if let Some(ticket) = ticket.or_else(|| self.make_room(&group)) {
             let job = Job {
                 slot: slot.clone(),
                 ticket,
             };
-            if self.queue.try_push(job).is_ok() {
+            if self.queue.try_push(group, job).is_ok() {
                 // Claimed entries at the front are dropped as new ones come in.
                 while self.queued.front().is_some_and(|(_, s)| s.is_taken()) {
                     self.queued.pop_front();
@@ -142,10 +157,28 @@ impl Front {
         }
     }
 
+    /// The queue is full: if the newcomer's group (`group`) holds less than its share of it,
+    /// the newest waiting request of the group holding the most is answered 503 `queue_full`
+    /// instead (`policy/fair.rs`), and its place — its admission ticket — is the newcomer's.
+    /// Its connection comes back here (the slot's first taker owns the request) and is read
+    /// again next turn.
+    fn make_room(&mut self, group: &Group) -> Option<Ticket> {
+        let Job { slot, ticket } = self.queue.evict_for(group)?;
+        if let Some(parked) = slot.take() {
+            let waited = parked.started.elapsed();
+            let key = parked.client.key();
+            if self.answer_parked(parked, Reason::QueueFull, waited) {
+                self.more.push(key);
+            }
+        }
+        Some(ticket)
+    }
+
     /// The client closed while its body was being read: counted as its abort.
     pub(super) fn abandoned(&mut self, key: usize, p: Pending) {
         if let Some(peer) = self.entry(key).map(|e| e.client.io.peer) {
-            let ctx = RequestCtx::new(&p.head, &p.request_id, peer, p.started, Duration::ZERO);
+            let ctx = RequestCtx::new(&p.head, &p.request_id, peer, p.started, Duration::ZERO)
+                .in_group(&p.group);
             self.shared
                 .finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
         }
@@ -163,7 +196,8 @@ impl Front {
         };
         e.linger_on_close = true;
         let answer = answer::error(&p.head, reason, &p.request_id, None, false);
-        let ctx = RequestCtx::new(&p.head, &p.request_id, peer, p.started, Duration::ZERO);
+        let ctx = RequestCtx::new(&p.head, &p.request_id, peer, p.started, Duration::ZERO)
+            .in_group(&p.group);
         self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
     }
 
@@ -181,13 +215,14 @@ impl Front {
             request_id,
             started,
             in_progress,
+            group,
         } = parked;
         let cfg = self.shared.config();
         let (key, peer) = (client.key(), client.io.peer);
         let body_done = head.framing == Framing::None && !self.shared.draining();
         let answer = answer::error(&head, reason, &request_id, None, body_done);
         self.insert(key, Entry::waiting(client, &cfg, false));
-        let ctx = RequestCtx::new(&head, &request_id, peer, started, waited);
+        let ctx = RequestCtx::new(&head, &request_id, peer, started, waited).in_group(&group);
         let kept = self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
         drop(in_progress);
         kept
@@ -225,6 +260,7 @@ impl Front {
             peer,
             started: Instant::now(),
             queue_wait: Duration::ZERO,
+            group: None,
         };
         let answer = Answer { bytes, keep: false };
         self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));

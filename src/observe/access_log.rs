@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::metrics::Metrics;
 use crate::http::parse::RequestHead;
+use crate::policy::fair::Group;
 use crate::policy::outcome::{Finished, Outcome};
 
 /// What is known about a request besides how it ended.
@@ -18,6 +19,8 @@ pub struct RequestCtx<'a> {
     pub peer: SocketAddr,
     pub started: Instant,
     pub queue_wait: Duration,
+    /// Its client group (`client_key`), once known.
+    pub group: Option<&'a Group>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -36,6 +39,15 @@ impl<'a> RequestCtx<'a> {
             peer,
             started,
             queue_wait,
+            group: None,
+        }
+    }
+
+    /// The same, with its client group.
+    pub fn in_group(self, group: &'a Group) -> Self {
+        RequestCtx {
+            group: Some(group),
+            ..self
         }
     }
 }
@@ -58,6 +70,7 @@ fn line(ctx: &RequestCtx<'_>, fin: &Finished, took: Duration) -> String {
         "time": super::log::now_rfc3339(),
         "request_id": ctx.request_id,
         "client": ctx.peer.to_string(),
+        "group": ctx.group.map(Group::to_string),
         "method": ctx.method,
         "target": ctx.target,
         "status": fin.outcome.status(),

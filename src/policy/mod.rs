@@ -5,6 +5,7 @@
 //! - `reason`: the words for how a request ends; `outcome`: the one classification by origin.
 //! - `refusal`: refuse without forwarding (shutdown, queue time, breaker) and `Retry-After`.
 //! - `admission`: the bound on requests in the system (workers + queue).
+//! - `fair`: client groups, which group a free worker serves next, what a full queue gives up.
 //! - `breaker`, `retry`: the circuit breaker and the retry policy with its budget; `health`: what a
 //!   health check's result means and the rise/fall counting the breaker acts on.
 //! - `deadline`: one request's time on the upstream over all its attempts.
@@ -15,6 +16,7 @@ pub mod admission;
 pub mod breaker;
 pub mod connection;
 pub mod deadline;
+pub mod fair;
 pub mod headers;
 pub mod health;
 pub mod outcome;

@@ -33,10 +33,11 @@ pub enum Reason {
     UriTooLong,
     HeadersTooLarge,
     UpgradeUnsupported,
+    ClientLimit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::CircuitOpen,
@@ -53,6 +54,7 @@ impl Reason {
         Reason::UriTooLong,
         Reason::HeadersTooLarge,
         Reason::UpgradeUnsupported,
+        Reason::ClientLimit,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Reason {
             Reason::UriTooLong => "uri_too_long",
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::UpgradeUnsupported => "upgrade_unsupported",
+            Reason::ClientLimit => "client_limit",
         }
     }
 
@@ -83,7 +86,8 @@ impl Reason {
             | Reason::QueueTimeout
             | Reason::CircuitOpen
             | Reason::Shutdown
-            | Reason::TooManyConnections => Origin::Sluice,
+            | Reason::TooManyConnections
+            | Reason::ClientLimit => Origin::Sluice,
             Reason::ConnectFailed
             | Reason::UpstreamError
             | Reason::ConnectTimeout
@@ -119,6 +123,7 @@ impl Reason {
             Reason::UriTooLong => 414,
             Reason::HeadersTooLarge => 431,
             Reason::UpgradeUnsupported => 501,
+            Reason::ClientLimit => 429,
         }
     }
 
@@ -145,6 +150,9 @@ impl Reason {
             Reason::HeadersTooLarge => "request head too large",
             Reason::UpgradeUnsupported => {
                 "sluice does not tunnel protocol upgrades (WebSocket); send plain HTTP requests"
+            }
+            Reason::ClientLimit => {
+                "this client group has max_client_requests in workers and queue; retry later"
             }
         }
     }

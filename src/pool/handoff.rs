@@ -15,6 +15,7 @@ use super::slot::Slot;
 use crate::http::conn::ClientConn;
 use crate::http::parse::RequestHead;
 use crate::policy::admission::Ticket;
+use crate::policy::fair::Group;
 use crate::state::{InProgress, Shared};
 use crate::upstream::cancel::Cancel;
 
@@ -95,6 +96,8 @@ pub struct Parked {
     /// When its head was parsed: response time and queue wait count from here.
     pub started: Instant,
     pub in_progress: InProgress,
+    /// Its client group (`client_key`), for the access log.
+    pub group: Group,
 }
 
 /// One queued request: the slot holding it (which the front end may empty first when the

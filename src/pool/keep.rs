@@ -7,7 +7,9 @@
 //!
 //! It serves only what the front end would have queued unchanged — a request for the upstream
 //! that sluice can send, whose body (if any) is already here, while sluice is not draining, the
-//! breaker is not refusing and the admission limit has room; anything else (an admin path, a
+//! breaker is not refusing, the admission limit has room, its client group is under
+//! `max_client_requests` and no other group waits with fewer requests in workers (the rule a
+//! free worker follows, `policy/fair.rs`); anything else (an admin path, a
 //! body still to come, `Expect: 100-continue`, a malformed head, a head not whole in time) goes
 //! back to the front end unread. A client can hold a worker here for at most twice `KEEP` (each
 //! read's wait rounded up to the kernel's timer tick, as socket timeouts are).
@@ -15,10 +17,11 @@
 use std::time::{Duration, Instant};
 
 use super::handoff::{Back, Client, Job, Parked};
-use super::queue::Queue;
+use super::queue::{Queue, Serving};
 use crate::http::conn::HeadPoll;
 use crate::http::parse::Framing;
 use crate::policy::admission::Ticket;
+use crate::policy::fair::group_of;
 use crate::policy::headers;
 use crate::policy::route::{route, Route};
 use crate::state::Shared;
@@ -35,17 +38,24 @@ pub fn prompt(previous_done: Option<Instant>, head_at: Instant) -> bool {
     previous_done.is_some_and(|t| head_at.saturating_duration_since(t) <= KEEP)
 }
 
-/// What becomes of a kept-alive connection a worker is done with.
-pub enum Next {
-    /// Its next request, for this worker to serve.
-    Serve(Parked, Ticket),
+/// What becomes of a kept-alive connection a worker is done with. Returned once and taken
+/// apart at once: boxing the request would cost an allocation on the fastest path.
+#[allow(clippy::large_enum_variant)]
+pub enum Next<'q> {
+    /// Its next request, for this worker to serve, counted against admission and in its group.
+    Serve(Parked, (Ticket, Serving<'q, Job>)),
     /// Back to the front end.
     Back(Client),
     /// The client closed.
     Gone,
 }
 
-pub fn next(shared: &Shared, queue: &Queue<Job>, back: &Back, mut client: Client) -> Next {
+pub fn next<'q>(
+    shared: &Shared,
+    queue: &'q Queue<Job>,
+    back: &Back,
+    mut client: Client,
+) -> Next<'q> {
     if !client.prompt || shared.draining() || client.io.has_unsent() || !queue.spare() {
         return Next::Back(client);
     }
@@ -65,8 +75,12 @@ pub fn next(shared: &Shared, queue: &Queue<Job>, back: &Back, mut client: Client
         && body_here
         && !shared.draining()
         && shared.breaker_open_for().is_none();
-    let ticket = servable.then(|| shared.admission.try_enter()).flatten();
-    let Some(ticket) = ticket else {
+    let group = group_of(&cfg.client_key, &head, client.io.peer.ip());
+    let held = servable
+        .then(|| queue.keep(group.clone(), cfg.max_client_requests))
+        .flatten()
+        .and_then(|serving| Some((shared.admission.try_enter()?, serving)));
+    let Some(held) = held else {
         client.io.unread_head();
         return Next::Back(client);
     };
@@ -76,8 +90,9 @@ pub fn next(shared: &Shared, queue: &Queue<Job>, back: &Back, mut client: Client
         started: Instant::now(),
         client,
         head,
+        group,
     };
-    Next::Serve(parked, ticket)
+    Next::Serve(parked, held)
 }
 
 #[cfg(test)]

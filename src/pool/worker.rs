@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::handoff::{Back, Client, Job, Parked};
 use super::keep::{self, Next};
-use super::queue::Queue;
+use super::queue::{Queue, Serving};
 use crate::answer;
 use crate::http::parse::Framing;
 use crate::observe::access_log::RequestCtx;
@@ -63,22 +63,22 @@ fn run(pool: &Pool) {
     pool.queue.worker_started();
     crate::runnable::register(pool.queue.clone());
     let mut scratch = vec![0u8; COPY_BUFFER];
-    drain(&pool.shared, &pool.queue, |job| {
-        handle(pool, job, &mut scratch)
+    drain(&pool.shared, &pool.queue, |serving, job| {
+        handle(pool, serving, job, &mut scratch)
     });
 }
 
 /// Takes jobs until the queue closes or sluice stops. A panic while handling one job is caught
 /// and counted; the loop (this worker) goes on with the next job.
-fn drain<J>(shared: &Shared, queue: &Queue<J>, mut handle: impl FnMut(J)) {
+fn drain<'q, J>(shared: &Shared, queue: &'q Queue<J>, mut handle: impl FnMut(Serving<'q, J>, J)) {
     loop {
-        let Some(job) = queue.pop_timeout(Duration::from_millis(500)) else {
+        let Some((serving, job)) = queue.pop_timeout(Duration::from_millis(500)) else {
             if shared.stopping() {
                 return;
             }
             continue;
         };
-        if catch_unwind(AssertUnwindSafe(|| handle(job))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| handle(serving, job))).is_err() {
             shared.metrics.worker_panics.fetch_add(1, Relaxed);
             crate::error!("worker panicked; that request's connection was closed");
         }
@@ -111,24 +111,30 @@ fn admit(shared: &Shared, may_probe: bool) -> Result<Admit, Refusal> {
     }
 }
 
-fn handle(pool: &Pool, job: Job, scratch: &mut [u8]) {
+fn handle<'q>(pool: &'q Pool, serving: Serving<'q, Job>, job: Job, scratch: &mut [u8]) {
     let Job { slot, ticket } = job;
     let Some(parked) = slot.take() else {
-        return; // the front end answered 503 queue_timeout already
+        return; // the front end answered it already (503 queue_timeout, queue_full)
     };
-    let mut kept = serve(pool, parked, ticket, scratch);
+    let mut kept = serve(pool, parked, (ticket, serving), scratch);
     // A busy connection's next requests, while no one else needs this worker (`keep.rs`).
     while let Some(client) = kept.take() {
         match keep::next(&pool.shared, &pool.queue, &pool.back, client) {
-            Next::Serve(parked, ticket) => kept = serve(pool, parked, ticket, scratch),
+            Next::Serve(parked, held) => kept = serve(pool, parked, held, scratch),
             Next::Back(client) => pool.back.give(client),
             Next::Gone => {}
         }
     }
 }
 
-/// Serves one request; returns its connection if it stays open with nothing left to send.
-fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Option<Client> {
+/// Serves one request (counted against admission and in its group while `held`); returns its
+/// connection if it stays open with nothing left to send.
+fn serve(
+    pool: &Pool,
+    parked: Parked,
+    held: (Ticket, Serving<'_, Job>),
+    scratch: &mut [u8],
+) -> Option<Client> {
     let shared = &*pool.shared;
     let active = Active::new(shared);
     let cfg = shared.config();
@@ -138,6 +144,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
         request_id,
         started,
         in_progress,
+        group,
     } = parked;
     let waited = started.elapsed();
     shared.metrics.record_queue_wait(waited);
@@ -146,7 +153,8 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
     // 503 `shutdown` below.)
     if cfg.abort_on_client_close && client.cancel.hung_up() && !shared.grace_over() {
         // Its client left while it waited in the queue: never sent upstream.
-        let ctx = RequestCtx::new(&head, &request_id, client.io.peer, started, waited);
+        let ctx =
+            RequestCtx::new(&head, &request_id, client.io.peer, started, waited).in_group(&group);
         shared.finish(&ctx, &Finished::new(Outcome::ClientAbort, false));
         return None;
     }
@@ -186,10 +194,10 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
             forward(&x, conn, scratch, &mut verdict)
         }
     };
-    let ctx = RequestCtx::new(&head, rid, conn.peer, started, waited);
+    let ctx = RequestCtx::new(&head, rid, conn.peer, started, waited).in_group(&group);
     shared.finish(&ctx, &fin);
     // Before the hand-back, so the client's next request finds this worker free.
-    drop((ticket, active, in_progress));
+    drop((held, active, in_progress));
     // sluice's own answer on a connection that closes, or any answer closing a connection a
     // drain ends: the front end drains what the client still sends (a request it sent on)
     // before closing, so the answer is not lost to a reset.
@@ -209,6 +217,7 @@ fn serve(pool: &Pool, parked: Parked, ticket: Ticket, scratch: &mut [u8]) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::fair::Group;
 
     #[test]
     fn a_panicking_request_does_not_kill_its_worker() {
@@ -219,11 +228,11 @@ mod tests {
         });
         let jobs = Queue::new(3);
         for n in 0..3 {
-            jobs.try_push(n).unwrap();
+            jobs.try_push(Group::All, n).unwrap();
         }
         shared.stop();
         let mut served = Vec::new();
-        drain(&shared, &jobs, |n: u32| {
+        drain(&shared, &jobs, |_, n: u32| {
             assert!(n != 1, "request 1 panics");
             served.push(n);
         });

@@ -169,6 +169,22 @@ impl Conn {
         }
     }
 
+    /// A connection from the loopback address `from` (127.0.0.2, 127.0.0.3…): a client of its
+    /// own for `client_key ip`. Bound before connecting.
+    pub fn open_from(addr: SocketAddr, from: [u8; 4]) -> Conn {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let local = SocketAddr::from((from, 0));
+        s.bind(&local.into())
+            .expect("bind a loopback source address");
+        s.connect(&addr.into()).expect("connect to sluice");
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Conn {
+            r: BufReader::new(s),
+        }
+    }
+
     pub fn send(&mut self, raw: &[u8]) {
         self.r.get_mut().write_all(raw).expect("write request");
     }
