@@ -384,3 +384,106 @@ fn a_check_of_the_old_target_does_not_open_the_breaker_after_a_reload() {
     a.set_hang(false);
     assert!(refused.is_empty(), "the healthy new target was refused: {refused:?}");
 }
+
+/// How one keep-alive client's request ended during a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Answered (the loop goes on unless the answer said `Connection: close`).
+    Answered { close: bool },
+    /// Clean EOF before any byte of the answer: sluice closed the idle connection first.
+    Eof,
+    /// ECONNRESET before any byte of the answer: sluice closed the socket with the request
+    /// unread in its receive queue (the kernel resets a socket closed with unread data).
+    Reset,
+}
+
+fn one_request(c: &mut TcpStream, target: &str) -> Ending {
+    if c.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).is_err() {
+        return Ending::Reset;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            if got.len() >= end + 4 + 2 {
+                return Ending::Answered {
+                    close: head.contains("connection: close"),
+                };
+            }
+        }
+        match c.read(&mut buf) {
+            Ok(0) if got.is_empty() => return Ending::Eof,
+            Ok(0) => return Ending::Answered { close: true },
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && got.is_empty() => {
+                return Ending::Reset
+            }
+            Err(_) => return Ending::Answered { close: true },
+        }
+    }
+}
+
+/// README "Shutdown": idle kept-alive connections are closed "after reading anything their
+/// clients already sent"; a connection "whose next request's head has begun to arrive, stays
+/// open". A worker hands a connection back (`Back::give`) with `stirred` false when no event
+/// was seen for it while the worker had it — including a request that arrived after the event
+/// loop processed its batch (or while a worker kept the socket watched for hang-ups only); the
+/// front end's `take_returns` then calls `close_if_idle` with no read (`front/mod.rs:345-348`),
+/// and `Entry::idle` looks only at sluice's own buffer (`front/conns.rs:96-103`), not the
+/// socket. Draining, that closes a connection whose next request is already in the socket: the
+/// kernel answers the client with a reset (a close with unread data), the request gets no
+/// answer and no log line. Keep-alive clients sending back-to-back requests, a drain mid-way,
+/// repeated; any `Reset` is such a lost request.
+#[test]
+#[ignore = "defect: draining, a connection handed back by a worker is closed with its next request unread (reset, no answer)"]
+fn a_request_already_sent_on_a_kept_alive_connection_is_served_during_a_drain() {
+    let up = upstream();
+    let mut resets = Vec::new();
+    let mut endings = std::collections::HashMap::new();
+    let started = Instant::now();
+    for round in 0..12 {
+        if started.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        let mut s = sluice(up.port(), |c| c.max_concurrent_requests = 4);
+        let addr = s.addr();
+        let clients: Vec<_> = (0..16)
+            .map(|k| {
+                std::thread::spawn(move || {
+                    let mut c = TcpStream::connect(addr).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut out = Vec::new();
+                    let until = Instant::now() + Duration::from_secs(3);
+                    for i in 0..100_000 {
+                        if Instant::now() > until {
+                            break;
+                        }
+                        let e = one_request(&mut c, &format!("/k?c={k}&i={i}"));
+                        out.push(e);
+                        if e != (Ending::Answered { close: false }) {
+                            break;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(150));
+        s.drain();
+        for c in clients {
+            let out = c.join().unwrap();
+            let last = *out.last().unwrap();
+            *endings.entry(format!("{last:?}")).or_insert(0u32) += 1;
+            if last == Ending::Reset {
+                resets.push((round, out.len()));
+            }
+        }
+        drop(s);
+    }
+    println!("last endings over all rounds: {endings:?}");
+    assert!(
+        resets.is_empty(),
+        "requests reset unanswered during the drain (round, request number): {resets:?}; {endings:?}"
+    );
+}
