@@ -487,3 +487,63 @@ fn a_request_already_sent_on_a_kept_alive_connection_is_served_during_a_drain() 
         "requests reset unanswered during the drain (round, request number): {resets:?}; {endings:?}"
     );
 }
+
+/// README "What can hold a worker": a client that reads a response of at most `client_buffer`
+/// bytes slowly does not hold a worker ("no: the front end sends the rest"), and "a client that
+/// pipelines requests and never reads the answers holds up no one" (README "Hardening"). That
+/// holds for the front end's answers and for relayed responses (`relay.rs` `Delivery`), but
+/// sluice's own answers written by a worker — a 502 when the upstream refuses, 504, 503
+/// `circuit_open` at the worker… (`answer::send` → `answer::write` → `ClientConn::write_all`,
+/// `answer.rs:126-127`, `http/conn.rs:134-136`) — are plain blocking writes under the
+/// socket's `client_idle_timeout` write timeout, neither handed to the front end nor paced.
+/// A client that pipelines requests the upstream fails and never reads fills its socket; the
+/// next ~400-byte 502s then hold a worker for at least `client_idle_timeout` (3 s here, 60 s by
+/// default; measured 9 s here, as the kernel takes a few bytes now and then) with no answer
+/// moving. With a few such clients every worker is held.
+#[test]
+#[ignore = "defect: a worker's own small answer is a blocking write; a client that never reads holds the worker client_idle_timeout"]
+fn a_client_that_never_reads_holds_no_worker_over_sluices_own_small_answers() {
+    let dead = dead_port();
+    let s = sluice(dead.port(), |c| {
+        c.client_idle_timeout = Duration::from_secs(3);
+        c.max_retries = 0;
+        c.circuit_breaker_threshold = u32::MAX;
+        c.max_concurrent_requests = 2;
+    });
+    let addr = s.addr();
+    let mut hog = slow_reader(addr);
+    let one = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
+    let raw: Vec<u8> = one.iter().copied().cycle().take(one.len() * 40_000).collect();
+    hog.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = hog.write_all(&raw);
+        hog
+    });
+    // Wait until the answers stall: the request count stops moving while a worker is busy.
+    let count = || metrics(addr)["total_requests"].as_u64().unwrap_or(0);
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut last = count();
+    let stalled = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = count();
+        if now == last && active(addr) == 1 {
+            break Some(Instant::now() - Duration::from_millis(200));
+        }
+        if Instant::now() > until {
+            break None;
+        }
+        last = now;
+    };
+    let stalled = stalled.expect("the answers stalled");
+    // How long the worker stays busy with no answer moving.
+    let freed = eventually(Duration::from_secs(10), || active(addr) == 0);
+    let held = stalled.elapsed();
+    let at = count();
+    let hog = writer.join().unwrap();
+    drop(hog);
+    println!("a worker held {held:?} after {last} requests (then {at}); freed {freed}");
+    assert!(
+        held < Duration::from_millis(1000),
+        "a worker was held {held:?} writing a ~400-byte 502 to a client that never reads"
+    );
+}
