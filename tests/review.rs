@@ -35,7 +35,10 @@ fn read_all(s: &mut TcpStream) -> (String, usize) {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(all.len(), |p| p + 4);
-    (String::from_utf8_lossy(&all[..end]).into_owned(), all.len() - end)
+    (
+        String::from_utf8_lossy(&all[..end]).into_owned(),
+        all.len() - end,
+    )
 }
 
 /// README "Shutdown": requests in flight "are answered normally"; sluice exits "as soon as no
@@ -182,7 +185,8 @@ fn trickling_503(len: usize, every: Duration, max: usize) -> SocketAddr {
                     }
                     head.push(b[0]);
                 }
-                let h = format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: {len}\r\n\r\n");
+                let h =
+                    format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: {len}\r\n\r\n");
                 if s.write_all(h.as_bytes()).is_err() {
                     return;
                 }
@@ -250,7 +254,8 @@ fn a_second_sigterm_soon_after_the_first_exits_at_once() {
             let _ = c.write_all(b"GET /slow?delay_ms=4000 HTTP/1.1\r\nHost: x\r\n\r\n");
             let _ = c.read(&mut [0u8; 64]);
         });
-        assert!(eventually(Duration::from_secs(5), || up.connection_count() > 0
+        assert!(eventually(Duration::from_secs(5), || up.connection_count()
+            > 0
             && active(addr) == 1));
         let pid = p.pid() as i32;
         // SAFETY: kill(2) on the PID of the child this test started.
@@ -266,7 +271,10 @@ fn a_second_sigterm_soon_after_the_first_exits_at_once() {
         let _ = slow.join();
         up.clear();
     }
-    assert!(lost.is_empty(), "second signal not acted on (gap µs, exit): {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "second signal not acted on (gap µs, exit): {lost:?}"
+    );
 }
 
 /// One POST with a `len`-byte body the client sends after its head (so its body is not all in
@@ -275,7 +283,9 @@ fn upload(addr: SocketAddr, len: usize) -> (u16, String) {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    let head = format!("POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    let head = format!(
+        "POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
     c.write_all(head.as_bytes()).unwrap();
     let mut w = c.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
@@ -336,7 +346,10 @@ fn uploads_alone_do_not_keep_a_healthy_upstream_refused_for_ever() {
     let late_ok = seen
         .iter()
         .any(|(ms, status, _)| *ms > 2000 && *status == 200);
-    assert!(late_ok, "past 2 × circuit_breaker_timeout an upload reaches the healthy upstream: {seen:?}");
+    assert!(
+        late_ok,
+        "past 2 × circuit_breaker_timeout an upload reaches the healthy upstream: {seen:?}"
+    );
 }
 
 /// docs/ARCHITECTURE.md "The breaker and the health checks": "with checks on, the breaker is
@@ -377,12 +390,19 @@ fn a_check_of_the_old_target_does_not_open_the_breaker_after_a_reload() {
         }
         let r = get(addr, "/after-reload");
         if r.status != 200 {
-            refused.push((started.elapsed().as_millis(), r.status, r.header("x-sluice-error").map(str::to_string)));
+            refused.push((
+                started.elapsed().as_millis(),
+                r.status,
+                r.header("x-sluice-error").map(str::to_string),
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     a.set_hang(false);
-    assert!(refused.is_empty(), "the healthy new target was refused: {refused:?}");
+    assert!(
+        refused.is_empty(),
+        "the healthy new target was refused: {refused:?}"
+    );
 }
 
 /// How one keep-alive client's request ended during a drain.
@@ -398,7 +418,9 @@ enum Ending {
 }
 
 fn one_request(c: &mut TcpStream, target: &str) -> Ending {
-    if c.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).is_err() {
+    if c.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return Ending::Reset;
     }
     let mut got = Vec::new();
@@ -513,7 +535,12 @@ fn a_client_that_never_reads_holds_no_worker_over_sluices_own_small_answers() {
     let addr = s.addr();
     let mut hog = slow_reader(addr);
     let one = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
-    let raw: Vec<u8> = one.iter().copied().cycle().take(one.len() * 40_000).collect();
+    let raw: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 40_000)
+        .collect();
     hog.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     let writer = std::thread::spawn(move || {
         let _ = hog.write_all(&raw);
@@ -586,8 +613,7 @@ fn impatient_upstream(patience: Duration, max: usize) -> SocketAddr {
                         }
                     }
                     got.drain(..end + 4 + len);
-                    if s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                         .is_err()
                     {
                         return;
@@ -622,8 +648,10 @@ fn slow_uploads_within_the_allowance_do_not_open_the_breaker() {
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let len = 20_000;
-        c.write_all(format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").as_bytes())
-            .unwrap();
+        c.write_all(
+            format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         c.write_all(&vec![b'a'; 2000]).unwrap();
         std::thread::sleep(Duration::from_millis(1000)); // a pause, within the 5 s grace
         let _ = c.write_all(&vec![b'a'; len - 2000]);
@@ -635,7 +663,10 @@ fn slow_uploads_within_the_allowance_do_not_open_the_breaker() {
                 _ => break,
             }
         }
-        println!("slow upload got: {:?}", String::from_utf8_lossy(&r).lines().next());
+        println!(
+            "slow upload got: {:?}",
+            String::from_utf8_lossy(&r).lines().next()
+        );
     }
     let r = get(addr, "/after");
     assert_eq!(
