@@ -18,6 +18,7 @@
 //! | `drop_after=1` | close the connection after the response without saying so (stale pool) |
 //! | `reset_next=1` | answer normally; the next request on this connection is read whole, then RST |
 //! | `then_reset=1` | answer the first request with this target; every later one is read whole, then RST |
+//! | `fail_first=1` | answer the first request with this target a bodiless 503 at once (unless hung: `set_hang`); later ones as asked |
 //!
 //! `/__upstream/fail?status=N` makes every later request answer N (`status=0` clears it);
 //! `/__upstream/delay?ms=N` delays every later request; `/__upstream/stats` gives counts.
@@ -79,7 +80,7 @@ struct State {
     connections: AtomicU64,
     fail_status: AtomicU64,
     delay_ms: AtomicU64,
-    /// Targets of `then_reset=1` requests seen so far.
+    /// Targets of `then_reset=1` and `fail_first=1` requests seen so far.
     seen: Mutex<std::collections::HashSet<String>>,
     /// Close a connection idle this long (0: 120 s).
     idle_close_ms: AtomicU64,
@@ -335,6 +336,11 @@ fn respond(
     }
     if !received.body_complete {
         return Ok(false);
+    }
+    let hung = state.hang_all.load(Relaxed);
+    if flag("fail_first") && !hung && state.seen.lock().insert(head.target.clone()) {
+        conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
+        return Ok(true);
     }
     let delay = num("delay_ms").unwrap_or(0) + state.delay_ms.load(Relaxed);
     if delay > 0 {
