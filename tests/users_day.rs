@@ -276,10 +276,14 @@ fn gives_up(day: &Day, seed: u64, keep_alive: bool) {
                 continue;
             }
         }
-        let wait = rng.range(1000, 5001);
-        let target = format!("/day/giveup?id={}&wait_ms={wait}", day.id());
+        let (wait, hold) = (rng.range(1000, 5001), rng.range(50, 801));
+        let kind = if keep_alive { "ka" } else { "one" };
+        let target = format!(
+            "/day/giveup-{kind}?id={}&wait_ms={wait}&hold={hold}",
+            day.id()
+        );
         if send(&mut c, &target) {
-            std::thread::sleep(Duration::from_millis(rng.range(50, 801)));
+            std::thread::sleep(Duration::from_millis(hold));
             drop(c);
             day.gave_up.lock().push((target, Instant::now()));
         }
