@@ -148,8 +148,8 @@ struct Day {
     stop: AtomicBool,
     ids: AtomicU64,
     done: Mutex<Vec<Done>>,
-    /// Give-ups: the target, and when the client hung up.
-    gave_up: Mutex<Vec<(String, Instant)>>,
+    /// Give-ups: the target, when it was sent, and when the client hung up.
+    gave_up: Mutex<Vec<(String, Instant, Instant)>>,
 }
 
 impl Day {
@@ -282,10 +282,11 @@ fn gives_up(day: &Day, seed: u64, keep_alive: bool) {
             "/day/giveup-{kind}?id={}&wait_ms={wait}&hold={hold}",
             day.id()
         );
+        let sent = Instant::now();
         if send(&mut c, &target) {
             std::thread::sleep(Duration::from_millis(hold));
             drop(c);
-            day.gave_up.lock().push((target, Instant::now()));
+            day.gave_up.lock().push((target, sent, Instant::now()));
         }
         std::thread::sleep(Duration::from_millis(rng.range(100, 400)));
     }
@@ -382,8 +383,8 @@ fn the_users_day_scaled_1_to_60() {
         let gave_up = day.gave_up.lock();
         gave_up
             .iter()
-            .filter(|(t, _)| reached(t))
-            .all(|(t, _)| closes.iter().any(|(c, _)| c == t))
+            .filter(|(t, _, _)| reached(t))
+            .all(|(t, _, _)| closes.iter().any(|(c, _)| c == t))
     });
     let closes = up.closes();
 
@@ -400,7 +401,7 @@ fn the_users_day_scaled_1_to_60() {
     let gave_up = day.gave_up.lock().clone();
     let (mut sent_up, mut cancelled, mut slowest) = (0, 0, Duration::ZERO);
     let mut delays = Vec::new();
-    for (target, when) in &gave_up {
+    for (target, sent, when) in &gave_up {
         if !reached(target) {
             continue; // refused (breaker open) or dropped unsent from the queue
         }
@@ -414,8 +415,10 @@ fn the_users_day_scaled_1_to_60() {
                     cancelled += 1;
                 } else {
                     eprintln!(
-                        "{target}: closed {after:?} after the give-up, {:.2} s into the day; {}",
+                        "{target}: closed {after:?} after the give-up, {:.2} s into the day, \
+                         {:?} after it was sent; {}",
                         secs(*when - t0),
+                        *when - *sent,
                         logged(target)
                     );
                 }
@@ -572,6 +575,7 @@ fn the_users_day_scaled_1_to_60() {
         "in flight at SIGTERM, no 200 logged: {unlogged:?}"
     );
     assert_eq!(exit, Some(0), "the first pod exits 0 within the grace");
+    assert!(secs(first_exited) <= GRACE, "{first_exited:?}");
     assert!(
         !first.stderr.lock().contains("outcome shutdown"),
         "{}",
