@@ -449,18 +449,14 @@ fn the_users_day_scaled_1_to_60() {
     let (mut exact, mut in_hang_refused, mut bad) = (0, 0, Vec::new());
     let (mut longest, mut longest_upstream) = (Duration::ZERO, 0.0f64);
     let (mut in_flight_at_term, mut in_flight_done, mut retried) = (0, 0, 0);
-    let mut drain_races = 0;
+    let (mut drain_races, mut in_flight_targets) = (0, Vec::new());
     for d in &done {
         let took = d.ended - d.sent;
         longest = longest.max(took);
         // Its own queue wait when logged, else the longest one (QUEUE_TIMEOUT).
-        let deadline = match queue_waits.get(&d.target) {
-            Some(q) => DEADLINE - QUEUE_TIMEOUT + q,
-            None => DEADLINE,
-        };
-        if let Some(q) = queue_waits.get(&d.target) {
-            longest_upstream = longest_upstream.max(secs(took) - q);
-        }
+        let q = queue_waits.get(&d.target).copied();
+        let deadline = q.map_or(DEADLINE, |q| DEADLINE - QUEUE_TIMEOUT + q);
+        longest_upstream = longest_upstream.max(secs(took) - q.unwrap_or(QUEUE_TIMEOUT));
         if secs(took) > deadline {
             bad.push(format!(
                 "{}: took {took:?}, past its deadline {deadline:.2} s",
@@ -472,12 +468,10 @@ fn the_users_day_scaled_1_to_60() {
         {
             retried += 1;
         }
-        let at_term = d.pod == 0 && d.sent < term_at && d.ended > term_at;
-        if at_term {
+        if d.pod == 0 && d.sent < term_at && d.ended > term_at {
             in_flight_at_term += 1;
-            if d.got == Got::Exact {
-                in_flight_done += 1;
-            }
+            in_flight_done += usize::from(d.got == Got::Exact);
+            in_flight_targets.push(d.target.as_str());
         }
         match &d.got {
             Got::Exact => exact += 1,
@@ -503,11 +497,6 @@ fn the_users_day_scaled_1_to_60() {
             ));
         }
     }
-    let in_flight_targets: Vec<&str> = done
-        .iter()
-        .filter(|d| d.pod == 0 && d.sent < term_at && d.ended > term_at)
-        .map(|d| d.target.as_str())
-        .collect();
     let first_log = first_log.lock().clone();
     let logged_200 = |t: &str| {
         first_log.lines().any(|l| {
