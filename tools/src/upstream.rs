@@ -18,6 +18,7 @@
 //! | `drop_after=1` | close the connection after the response without saying so (stale pool) |
 //! | `reset_next=1` | answer normally; the next request on this connection is read whole, then RST |
 //! | `then_reset=1` | answer the first request with this target; every later one is read whole, then RST |
+//! | `fail_first=1` | answer the first request with this target a bodiless 503 at once (unless hung: `set_hang`); later ones as asked |
 //!
 //! `/__upstream/fail?status=N` makes every later request answer N (`status=0` clears it);
 //! `/__upstream/delay?ms=N` delays every later request; `/__upstream/stats` gives counts.
@@ -79,7 +80,7 @@ struct State {
     connections: AtomicU64,
     fail_status: AtomicU64,
     delay_ms: AtomicU64,
-    /// Targets of `then_reset=1` requests seen so far.
+    /// Targets of `then_reset=1` and `fail_first=1` requests seen so far.
     seen: Mutex<std::collections::HashSet<String>>,
     /// Close a connection idle this long (0: 120 s).
     idle_close_ms: AtomicU64,
@@ -336,6 +337,11 @@ fn respond(
     if !received.body_complete {
         return Ok(false);
     }
+    let hung = state.hang_all.load(Relaxed);
+    if flag("fail_first") && !hung && state.seen.lock().insert(head.target.clone()) {
+        conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
+        return Ok(true);
+    }
     let delay = num("delay_ms").unwrap_or(0) + state.delay_ms.load(Relaxed);
     if delay > 0 {
         std::thread::sleep(Duration::from_millis(delay));
@@ -537,22 +543,30 @@ fn reset(conn: &ClientConn) {
     }
 }
 
-/// Waits up to `wait` for the peer to close the connection; true if it did. Looks every
-/// millisecond without reading (the socket's own timeouts stay as they are).
+/// Waits up to `wait` for the peer to close the connection; true if it did. Sleeps in poll(2)
+/// for the peer's FIN or reset (bytes it sends meanwhile do not wake it), reading nothing: the
+/// close is seen when it comes, and a waiting request costs no CPU.
 fn closed_within(conn: &ClientConn, wait: Duration) -> bool {
-    let sock = socket2::SockRef::from(conn.stream());
+    use std::os::fd::AsRawFd;
     let until = Instant::now() + wait;
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    while Instant::now() < until {
-        match sock.recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return true,
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        let mut fd = libc::pollfd {
+            fd: conn.stream().as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid `pollfd` on this connection's open descriptor, for the call only.
+        match unsafe { libc::poll(&mut fd, 1, ms) } {
+            n if n > 0 => return true, // POLLRDHUP, or POLLHUP / POLLERR
+            0 => {}
+            _ => std::thread::sleep(Duration::from_millis(1)), // EINTR: try again
+        }
     }
-    false
 }
 
 /// Says nothing until the peer goes away (bounded: 10 minutes).

@@ -20,6 +20,7 @@ use argh::FromArgs;
   reset=1 / close=1   reset / close instead of answering; hang=1: never answer
   garbage=1           a non-HTTP answer; big_header=N: a response header of N bytes
   drop_after=1        close after the response without saying so (a stale pooled connection)
+  fail_first=1        a bodiless 503 the first time this target is seen (retries then succeed)
 Control paths: /__upstream/fail?status=N (every later request answers N; 0 clears),
 /__upstream/delay?ms=N (every later request waits N ms), /__upstream/hang?on=1 (every later
 request is never answered; on=0 clears), /__upstream/health?status=N (/health answers N; 0
