@@ -4,7 +4,10 @@
 //! `Retry-After` on every 503 (README "Responses sluice makes itself") — with the keep-alive
 //! rule applied, and no body on a HEAD request.
 
+use std::io::Write;
+
 use crate::http::conn::ClientConn;
+use crate::http::delivery::Delivery;
 use crate::http::parse::RequestHead;
 use crate::http::write::Simple;
 use crate::policy::connection::keep_alive;
@@ -109,7 +112,7 @@ pub fn error_with(
     Answer { bytes, keep }
 }
 
-/// Writes sluice's answer for `reason` on a blocking connection (a worker's).
+/// Writes sluice's answer for `reason` on a worker's connection (`write`).
 pub fn send(
     conn: &mut ClientConn,
     head: &RequestHead,
@@ -122,9 +125,13 @@ pub fn send(
     write(conn, a, Outcome::Sluice(reason))
 }
 
-/// Writes an answer on a blocking connection (a worker's) and says how the request ended.
+/// Writes an answer on a worker's connection and says how the request ended. The worker never
+/// waits on the client for it: what the socket does not take at once goes to the front end
+/// with the connection (`Delivery::whole`; README "What can hold a worker").
 pub fn write(conn: &mut ClientConn, a: Answer, outcome: Outcome) -> Finished {
-    let sent = conn.write_all(&a.bytes).is_ok();
+    let mut to = Delivery::whole(conn);
+    let sent = to.write_all(&a.bytes).is_ok();
+    to.finish(!a.keep);
     Finished {
         bytes_out: a.bytes.len() as u64,
         ..Finished::new(outcome, a.keep && sent)

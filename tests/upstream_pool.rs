@@ -219,3 +219,23 @@ fn a_post_reset_on_a_reused_connection_after_its_body_went_out_is_never_retried(
         "no second connection was made for it"
     );
 }
+
+/// README "Upstream pool": `pool_maxsize` 0 keeps no idle connection, so every request opens a
+/// new one (found by review: the agent used to keep one whatever the setting). Three requests in
+/// a row on one upstream that keeps connections alive: three connections.
+#[test]
+fn pool_maxsize_zero_keeps_no_idle_upstream_connection() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.pool_maxsize = 0);
+    for i in 0..3 {
+        let r = get(s.addr(), &format!("/p{i}"));
+        assert_eq!(r.status, 200);
+    }
+    let ports: Vec<u16> = up.received().iter().map(|r| r.peer_port).collect();
+    assert_eq!(ports.len(), 3);
+    assert_eq!(
+        up.connection_count(),
+        3,
+        "each request on a new connection (peer ports {ports:?})"
+    );
+}

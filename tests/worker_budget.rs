@@ -665,3 +665,72 @@ fn hostile_clients_cannot_take_the_workers_from_well_behaved_ones() {
         assert_eq!(metrics(addr)["circuit_state"], "closed", "{kind:?}");
     }
 }
+
+/// A client that pipelines requests the upstream fails and never reads its answers holds no
+/// worker (README "What can hold a worker"): once its socket is full, each worker's 502 goes to
+/// the front end with the connection, unsent, and the front end closes it when that answer
+/// stalls for `client_idle_timeout` (found by review: the worker's own answers were blocking
+/// writes, and a worker was held 9 s with `client_idle_timeout` 3 s).
+#[test]
+fn a_client_that_never_reads_holds_no_worker_over_sluices_own_small_answers() {
+    let dead = dead_port();
+    let s = sluice(dead.port(), |c| {
+        c.client_idle_timeout = Duration::from_secs(3);
+        c.max_retries = 0;
+        c.circuit_breaker_threshold = u32::MAX;
+        c.max_concurrent_requests = 2;
+    });
+    let addr = s.addr();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut hog: TcpStream = sock.into();
+    let one = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
+    let raw: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 40_000)
+        .collect();
+    hog.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = hog.write_all(&raw);
+        hog
+    });
+    // Wait until the answers stall: the request count stops moving.
+    let count = || metrics(addr)["total_requests"].as_u64().unwrap_or(0);
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut last = count();
+    let stalled = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = count();
+        if now == last && now > 0 {
+            break Some(Instant::now() - Duration::from_millis(200));
+        }
+        if Instant::now() > until {
+            break None;
+        }
+        last = now;
+    };
+    let stalled = stalled.expect("the answers stalled");
+    // How long a worker stays busy with no answer moving.
+    let freed = eventually(Duration::from_secs(10), || active(addr) == 0);
+    let held = stalled.elapsed();
+    let at = count();
+    let hog = writer.join().unwrap();
+    drop(hog);
+    println!("a worker held {held:?} after {last} requests (then {at}); freed {freed}");
+    assert!(
+        last > 10,
+        "the client's socket filled with answers first: {last}"
+    );
+    assert!(
+        held < Duration::from_millis(1000),
+        "a worker was held {held:?} writing a ~400-byte 502 to a client that never reads"
+    );
+    assert_eq!(
+        get(addr, "/other").status,
+        502,
+        "sluice still answers others"
+    );
+}

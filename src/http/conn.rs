@@ -130,7 +130,8 @@ impl ClientConn {
         &self.stream
     }
 
-    /// Writes all of `bytes` to the client, blocking.
+    /// Writes all of `bytes` to the client, blocking (the test upstream's; a worker's responses
+    /// go through `delivery.rs`, never blocking on a client that does not read).
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         (&self.stream).write_all(bytes)
     }
@@ -241,8 +242,8 @@ impl ClientConn {
         Ok(())
     }
 
-    /// Keeps response bytes the client has not taken, for the front end to send; `close`: the
-    /// connection closes after them.
+    /// Keeps response bytes the client has not taken, for the front end to send (`delivery.rs`);
+    /// `close`: the connection closes after them.
     pub fn leave_unsent(&mut self, bytes: Vec<u8>, close: bool) {
         self.unsent = (bytes, close);
     }

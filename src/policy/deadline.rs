@@ -45,6 +45,11 @@ impl Deadline {
         (self.budget + self.excused).saturating_sub(spent)
     }
 
+    /// When nothing is left (as it stands: a later `excuse` moves it).
+    pub fn end(&self) -> Instant {
+        self.start + self.budget + self.excused
+    }
+
     /// True if a retry that waits `backoff` from `now` would still have a useful time left.
     pub fn retry_fits(&self, now: Instant, backoff: Duration) -> bool {
         let left = self.left(now);
@@ -75,6 +80,8 @@ mod tests {
         let mut d = Deadline::new(t, ms(2000));
         d.excuse(ms(900)); // an attempt that never connected
         assert_eq!(d.left(t + ms(1000)), ms(1900));
+        assert_eq!(d.end(), t + ms(2900));
+        assert_eq!(d.left(d.end()), Duration::ZERO);
     }
 
     #[test]

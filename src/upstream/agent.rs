@@ -27,9 +27,10 @@ impl Upstream {
     /// addresses cached (`resolve.rs`, recording each look-up in `lookup`). Idle plain-http
     /// connections are kept by sluice's own pool beneath ureq (`pool.rs`, through the
     /// transport), ureq's own idle pool set to none; an https upstream's (TLS sessions, which
-    /// sluice's transport does not see) stay in ureq's.
+    /// sluice's transport does not see) stay in ureq's. `pool_maxsize` 0 keeps none: every
+    /// request connects anew.
     pub fn new(cfg: &Config, lookup: Arc<TargetLookup>) -> Self {
-        let pool = cfg.pool_maxsize.max(1);
+        let pool = cfg.pool_maxsize;
         let tls = cfg.target_base().starts_with("https:");
         let ureq_pool = if tls { pool } else { 0 };
         let config = Agent::config_builder()

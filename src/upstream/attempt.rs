@@ -31,6 +31,7 @@ use crate::state::VerdictReport;
 use super::cancel::Attempt;
 use super::exchange::Exchange;
 use super::pool::Wire;
+use super::transport::ReadBy;
 
 /// How the attempts ended: a response (with its attempt, which lasts while its body is read),
 /// a client body that broke, the client hung up, or the last attempt's failure.
@@ -172,7 +173,8 @@ fn attempt_all(
     let mut attempts = 0u32;
     let mut upstream_time = Duration::ZERO;
     let (mut stale_retried, mut fresh) = (false, false);
-    // The last 502–504 an attempt got, read whole: the answer if no later attempt gets one.
+    // The last 502–504 an attempt got and sluice read whole: the answer if no later attempt
+    // gets one.
     let mut last_answer = None;
     let ended = loop {
         attempts += 1;
@@ -250,7 +252,24 @@ fn attempt_all(
             Ok(r) if retry::outlasts(retry_after(&r), delay) => {
                 break Attempts::Response(r, attempt);
             }
-            Ok(r) => last_answer = read_whole(r),
+            Ok(r) => {
+                if let Some(whole) = read_whole(r, &deadline) {
+                    last_answer = Some(whole);
+                }
+                // The read took time: the retry may no longer fit, or the deadline passed
+                // during it (README "One deadline per request").
+                let now = Instant::now();
+                if !deadline.retry_fits(now, delay) {
+                    break match last_answer {
+                        Some(r) => Attempts::Response(r, attempt),
+                        None if deadline.left(now).is_zero() => Attempts::Failed(
+                            AttemptFailure::Timeout,
+                            format!("{detail}; its body not read within read_timeout"),
+                        ),
+                        None => Attempts::Failed(failure, detail),
+                    };
+                }
+            }
             Err(_) => {}
         }
         crate::debug!(
@@ -296,9 +315,11 @@ fn retry_after(r: &http::Response<Body>) -> Option<&str> {
 }
 
 /// A response read whole (its connection free for the pool), to be relayed later; `None` if
-/// its body is over 64 KiB or breaks.
-fn read_whole(r: http::Response<Body>) -> Option<http::Response<Body>> {
+/// its body is over 64 KiB, breaks, or is not all read by the end of the request's `deadline`
+/// (every read of it is bounded by what is left: `ReadBy`).
+fn read_whole(r: http::Response<Body>, deadline: &Deadline) -> Option<http::Response<Body>> {
     let (parts, mut body) = r.into_parts();
+    let _by = ReadBy::until(deadline.end());
     let bytes = body.with_config().limit(retry::REPLAY_LIMIT).read_to_vec();
     Some(http::Response::from_parts(
         parts,

@@ -5,7 +5,6 @@
 //! connection without a last chunk (the client sees a truncated response).
 
 use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
 
 use ureq::http::{self, HeaderMap, HeaderValue};
 use ureq::Body;
@@ -14,9 +13,8 @@ use super::cancel::Cancel;
 use super::classify::classify;
 use super::exchange::Exchange;
 use crate::answer;
-use crate::config::Config;
 use crate::http::conn::ClientConn;
-use crate::http::pace::Pace;
+use crate::http::delivery::Delivery;
 use crate::http::parse::RequestHead;
 use crate::http::write::{self, BodyFraming, CHUNK_PREFIX, CHUNK_SUFFIX, LAST_CHUNK};
 use crate::policy::connection::keep_alive;
@@ -113,8 +111,8 @@ fn response_head(
 
 /// Streams the upstream response `resp` to the client. `body_done`: the request body was read
 /// to its end. A response the client does not take at once is held, up to `client_buffer`
-/// bytes, and handed to the front end with the connection (`ClientConn::leave_unsent`); past
-/// that the worker writes it itself, under the minimum rate (README "What can hold a worker").
+/// bytes, and handed to the front end with the connection; past that the worker writes it
+/// itself, under the minimum rate (`http/delivery.rs`, README "What can hold a worker").
 /// `x.cancel` is told when the upstream's whole response has been read — before the client gets its
 /// last byte and may close — so that a close after a complete response cancels nothing.
 pub fn relay(
@@ -167,7 +165,12 @@ pub fn relay(
         out.extend_from_slice(LAST_CHUNK);
     }
     fin.bytes_out = out.len() as u64;
-    let mut to = Delivery::new(conn, cfg);
+    let mut to = Delivery::new(
+        conn,
+        cfg.client_buffer,
+        cfg.client_header_timeout,
+        cfg.client_min_rate,
+    );
     if to.write_all(&out).is_err() {
         return Finished::new(Outcome::ClientAbort, false);
     }
@@ -206,77 +209,6 @@ pub fn relay(
     }
     to.finish(!keep);
     fin
-}
-
-/// Writes a response to the client: without waiting while the socket takes it; holding what it
-/// does not take, up to `client_buffer` bytes, for the front end; past that, blocking under the
-/// minimum rate.
-struct Delivery<'a> {
-    conn: &'a mut ClientConn,
-    held: Vec<u8>,
-    cap: usize,
-    /// Set once the held bytes would pass `cap`: the worker writes the rest itself.
-    paced: Option<(Pace, u64)>,
-    grace: Duration,
-    min_rate: u64,
-}
-
-impl<'a> Delivery<'a> {
-    fn new(conn: &'a mut ClientConn, cfg: &Config) -> Self {
-        Delivery {
-            conn,
-            held: Vec::new(),
-            cap: cfg.client_buffer,
-            paced: None,
-            grace: cfg.client_header_timeout,
-            min_rate: cfg.client_min_rate,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if let Some((pace, written)) = &mut self.paced {
-            return self.conn.write_paced(bytes, pace, written);
-        }
-        if !self.held.is_empty() {
-            let n = self.conn.try_send(&self.held)?;
-            self.held.drain(..n);
-        }
-        let rest = if self.held.is_empty() {
-            &bytes[self.conn.try_send(bytes)?..]
-        } else {
-            bytes
-        };
-        if self.held.len() + rest.len() <= self.cap {
-            self.held.extend_from_slice(rest);
-            return Ok(());
-        }
-        let pace = Pace::new(Instant::now(), self.grace, self.min_rate);
-        let mut written = 0;
-        let held = std::mem::take(&mut self.held);
-        self.conn.write_paced(&held, &pace, &mut written)?;
-        self.conn.write_paced(rest, &pace, &mut written)?;
-        self.paced = Some((pace, written));
-        Ok(())
-    }
-
-    /// The response is complete (or cut short): what the client has not taken stays with the
-    /// connection for the front end; `close` after it.
-    fn finish(self, close: bool) {
-        if !self.held.is_empty() {
-            self.conn.leave_unsent(self.held, close);
-        }
-    }
-}
-
-impl Write for Delivery<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.send(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn read_piece(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -12,10 +12,12 @@
 //! attempt while it connects; before each socket operation the connection attaches itself to
 //! the current attempt, and whenever ureq asks whether it is fit for the pool it detaches, so a
 //! client's hang-up can cancel its own attempt and never another's (`cancel.rs`). Its buffers
-//! are held only while used (`buffers.rs`). An https upstream's connections (TLS above this
-//! transport) stay in ureq's own pool, where a second ask, when one is taken, reads the socket. Its socket is a `MarkedStream`: every connect,
+//! are held only while used (`buffers.rs`). A `ReadBy` ends every read of the worker thread by
+//! an instant (a retried 502–504 read whole within the request's deadline).
+//! An https upstream's connections (TLS above this transport) stay in ureq's own pool, where a second ask, when one is taken, reads the socket. Its socket is a `MarkedStream`: every connect,
 //! read and write is marked as a call that may block (`runnable.rs`).
 
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
@@ -227,6 +229,41 @@ fn left(timeout: NextTimeout) -> Result<Option<Duration>, Error> {
     Ok(timeout.not_zero().map(|t| *t))
 }
 
+thread_local! {
+    static READ_BY: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// While it lives, every read the worker thread makes on an upstream connection ends by its
+/// instant: a read that would wait past it times out (ureq's timeouts bound each read, not a
+/// body as a whole). Used for a retried 502–504 read whole within the request's one deadline
+/// (`attempt.rs`, README "One deadline per request").
+pub struct ReadBy(Option<Instant>);
+
+impl ReadBy {
+    pub fn until(by: Instant) -> ReadBy {
+        ReadBy(READ_BY.with(|r| r.replace(Some(by))))
+    }
+}
+
+impl Drop for ReadBy {
+    fn drop(&mut self) {
+        READ_BY.with(|r| r.set(self.0));
+    }
+}
+
+/// `want` (a read's socket timeout) cut to what is left until the thread's `ReadBy`, if any:
+/// `Err` if nothing is left.
+fn read_by(want: Option<Duration>, reason: Timeout) -> Result<Option<Duration>, Error> {
+    let Some(by) = READ_BY.with(Cell::get) else {
+        return Ok(want);
+    };
+    let rest = by.saturating_duration_since(Instant::now());
+    if rest.is_zero() {
+        return Err(Error::Timeout(reason));
+    }
+    Ok(Some(want.map_or(rest, |w| w.min(rest))))
+}
+
 /// Sets a socket timeout unless the one set already lies between `want` and 1 % above it. A new
 /// value is set 0.5 % above `want`, so the next requests' slightly different wants still fit and
 /// cost no syscall. A timeout may fire up to 1 % late, never early.
@@ -282,7 +319,7 @@ impl Transport for TcpConn {
         self.buffers.release_output();
         attach_current(&self.line, &mut self.attached);
         let timeout = timeout.for_read();
-        let want = left(timeout)?;
+        let want = read_by(left(timeout)?, timeout.reason)?;
         let sock = self.line.stream().socket();
         keep_close(&mut self.read_timeout, want, |t| sock.set_read_timeout(t))?;
         let input = self.buffers.input_append_buf();
