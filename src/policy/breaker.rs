@@ -260,6 +260,15 @@ impl Breaker {
 
     /// Asks to send one request upstream. Returns the decision and any state change it caused.
     pub fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
+        self.admit_as(now, true)
+    }
+
+    /// As `admit`, for a request that may not be the probe (`may_probe` false: its body is still
+    /// to come from the client, which could hold the breaker half-open at the client's pace):
+    /// while half-open it is refused and the probe slot stays free for another request — unless
+    /// the probe is overdue (or none came within `open_for` of half-open) and every request
+    /// passes.
+    pub fn admit_as(&mut self, now: Instant, may_probe: bool) -> (Admit, Option<Transition>) {
         match self.state(now) {
             State::Closed => (Admit::Pass, None),
             State::Open => {
@@ -272,34 +281,21 @@ impl Breaker {
                 } else {
                     None
                 };
-                let admit = if self.probe_out.is_none() {
+                let admit = if may_probe && self.probe_out.is_none() {
                     self.probes += 1;
                     let probe = Probe(self.probes);
                     self.probe_out = Some((probe, now));
                     Admit::Probe(probe)
-                } else if self.probe_exclusive(now) {
+                } else if self.probe_overdue(now) {
+                    Admit::Pass
+                } else {
                     Admit::Reject {
                         retry_after: HALF_OPEN_RETRY,
                     }
-                } else {
-                    Admit::Pass
                 };
                 (admit, t)
             }
         }
-    }
-
-    /// As `admit`, for a request that may not be the probe (`may_probe` false: its body is still
-    /// to come from the client, which could hold the breaker half-open at the client's pace):
-    /// while half-open it is refused and the probe slot stays free for another request — unless
-    /// the probe is overdue (or none came within `open_for` of half-open) and every request
-    /// passes.
-    pub fn admit_as(&mut self, now: Instant, may_probe: bool) -> (Admit, Option<Transition>) {
-        if !may_probe && self.state(now) == State::HalfOpen && !self.probe_overdue(now) {
-            let retry_after = HALF_OPEN_RETRY;
-            return (Admit::Reject { retry_after }, None);
-        }
-        self.admit(now)
     }
 
     /// Reports how an admitted request ended (`probe`: the probe it was, if it was one).
