@@ -246,7 +246,7 @@ impl Breaker {
 
     /// While open: how long until a request may pass (the probe, or with checks on the
     /// earliest `rise` passing checks could close it). Read-only, so callers can shed a
-    /// request before queueing it; `admit` still decides for everything else.
+    /// request before queueing it; `admit_as` still decides for everything else.
     pub fn open_for(&self, now: Instant) -> Option<Duration> {
         if self.state(now) != State::Open {
             return None;
@@ -258,12 +258,14 @@ impl Breaker {
         }
     }
 
-    /// Asks to send one request upstream. Returns the decision and any state change it caused.
+    /// Asks to send one request that may be the probe upstream. Returns the decision and any
+    /// state change it caused. (sluice itself always says whether a request may probe.)
+    #[cfg(test)]
     pub fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
         self.admit_as(now, true)
     }
 
-    /// As `admit`, for a request that may not be the probe (`may_probe` false: its body is still
+    /// As `admit`, or for a request that may not be the probe (`may_probe` false: its body is still
     /// to come from the client, which could hold the breaker half-open at the client's pace):
     /// while half-open it is refused and the probe slot stays free for another request — unless
     /// the probe is overdue (or none came within `open_for` of half-open) and every request
