@@ -265,11 +265,11 @@ impl Breaker {
         self.admit_as(now, true)
     }
 
-    /// As `admit`, or for a request that may not be the probe (`may_probe` false: its body is still
-    /// to come from the client, which could hold the breaker half-open at the client's pace):
-    /// while half-open it is refused and the probe slot stays free for another request — unless
-    /// the probe is overdue (or none came within `open_for` of half-open) and every request
-    /// passes.
+    /// Asks to send one request upstream. Returns the decision and any state change it caused.
+    /// A request that may not be the probe (`may_probe` false: its body is still to come from
+    /// the client, which could hold the breaker half-open at the client's pace) is refused
+    /// while half-open and the probe slot stays free for another request — unless the probe is
+    /// overdue (or none came within `open_for` of half-open) and every request passes.
     pub fn admit_as(&mut self, now: Instant, may_probe: bool) -> (Admit, Option<Transition>) {
         match self.state(now) {
             State::Closed => (Admit::Pass, None),
