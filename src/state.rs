@@ -14,7 +14,7 @@ use crate::observe::access_log::{self, RequestCtx};
 use crate::observe::lookup::TargetLookup;
 use crate::observe::metrics::Metrics;
 use crate::policy::admission::Admission;
-use crate::policy::breaker::{Admit, Breaker, Probe, State, Transition, Verdict};
+use crate::policy::breaker::{Admit, Breaker, CheckRound, Probe, State, Transition, Verdict};
 use crate::policy::health::{CheckResult, CheckSettings, CheckView};
 use crate::policy::outcome::Finished;
 use crate::policy::retry::RetryBudget;
@@ -77,15 +77,21 @@ impl Shared {
         let old = self.config();
         let mut kept = new;
         let fixed = kept.keep_restart_only(&old);
+        crate::observe::log::set_level(kept.log_level);
+        let kept = Arc::new(kept);
+        // Under the breaker's lock: a check started (`check_target`) sees the config and the
+        // `CheckRound` it belongs to together.
         let t = {
             let mut b = self.breaker.lock();
             b.reconfigure(kept.circuit_breaker_threshold, kept.circuit_breaker_timeout);
-            b.set_checks(check_settings(&kept), Instant::now())
+            if what_checks_check(&old) != what_checks_check(&kept) {
+                b.retarget_checks();
+            }
+            let t = b.set_checks(check_settings(&kept), Instant::now());
+            *self.config.write() = kept.clone();
+            t
         };
         self.note(t);
-        crate::observe::log::set_level(kept.log_level);
-        let kept = Arc::new(kept);
-        *self.config.write() = kept.clone();
         (kept, fixed)
     }
 
@@ -144,20 +150,30 @@ impl Shared {
         }
     }
 
-    /// Counts one health check's result (README "Health checks"); `fall` failures in a row
-    /// open the breaker, `rise` passes close it.
-    pub fn record_check(&self, result: CheckResult, latency: Duration) {
+    /// The settings a health check starts with and the `CheckRound` its result is for.
+    pub fn check_target(&self) -> (Arc<Config>, CheckRound) {
+        let b = self.breaker.lock();
+        (self.config(), b.check_round())
+    }
+
+    /// Counts one health check's result (README "Health checks"), unless what the checks check
+    /// changed since it started (`round`: a reload moved the target); `fall` failures in a row
+    /// open the breaker, `rise` passes close it. False if it counted for nothing.
+    pub fn record_check(&self, round: CheckRound, result: CheckResult, latency: Duration) -> bool {
+        let mut b = self.breaker.lock();
+        if b.check_round() != round {
+            return false;
+        }
         let counter = if result.passed() {
             &self.metrics.health_checks_passed
         } else {
             &self.metrics.health_checks_failed
         };
         counter.fetch_add(1, Relaxed);
-        let t = self
-            .breaker
-            .lock()
-            .record_check(Instant::now(), result, latency);
+        let t = b.record_check(Instant::now(), round, result, latency);
+        drop(b);
         self.note(t);
+        true
     }
 
     /// Tells the breaker how an admitted request ended.
@@ -223,6 +239,15 @@ pub struct BreakerView {
 }
 
 /// The check settings of `c`, `None` while `health_check_path` is empty (checks off).
+/// What a health check is made against and how: a change starts a new `CheckRound`.
+fn what_checks_check(c: &Config) -> (String, &str, Duration) {
+    (
+        c.target_base(),
+        c.health_check_path.as_str(),
+        c.health_check_timeout,
+    )
+}
+
 fn check_settings(c: &Config) -> Option<CheckSettings> {
     (!c.health_check_path.is_empty()).then_some(CheckSettings {
         rise: c.health_check_rise,

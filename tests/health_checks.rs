@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -314,4 +316,126 @@ fn a_reload_turns_checks_on_and_off_and_shutdown_stops_them() {
     let n = checks_seen(&up);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(checks_seen(&up), n, "shutdown stops them");
+}
+
+/// One POST with a `len`-byte body the client sends after its head (so its body is not all in
+/// sluice's buffer when a worker takes it); the response's status and `X-Sluice-Error`.
+fn upload(addr: SocketAddr, len: usize) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = w.write_all(&vec![b'b'; len]);
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let reason = text
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Sluice-Error: "))
+        .unwrap_or("")
+        .to_string();
+    (status, reason)
+}
+
+/// README "Circuit breaker": the breaker refuses a healthy upstream for at most twice
+/// `circuit_breaker_timeout`. Only a request whose body is all in the buffer may be the probe
+/// (`Breaker::admit_as`); traffic made of uploads larger than `client_buffer` (an upload API)
+/// never probes, so once half-open has lasted `circuit_breaker_timeout` with no probe sent the
+/// uploads pass as when the probe is overdue (before, the healthy upstream was refused 503
+/// `circuit_open` for ever). Here: timeout 1 s, 3.5 s of uploads after the upstream recovered.
+#[test]
+fn uploads_alone_do_not_keep_a_healthy_upstream_refused_for_ever() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.circuit_breaker_threshold = 1;
+        c.circuit_breaker_timeout = Duration::from_secs(1);
+        c.client_buffer = 1024;
+        c.max_retries = 0;
+    });
+    up.set_fail(Some(503));
+    assert_eq!(get(s.addr(), "/x").status, 503);
+    up.set_fail(None);
+    let opened = Instant::now();
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        if opened.elapsed() > Duration::from_millis(3500) {
+            break;
+        }
+        let (status, reason) = upload(s.addr(), 300_000);
+        seen.push((opened.elapsed().as_millis(), status, reason));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let late_ok = seen
+        .iter()
+        .any(|(ms, status, _)| *ms > 2000 && *status == 200);
+    assert!(
+        late_ok,
+        "past 2 × circuit_breaker_timeout an upload reaches the healthy upstream: {seen:?}"
+    );
+}
+
+/// docs/ARCHITECTURE.md "The breaker and the health checks": a check's result counts only for
+/// the target (and check settings) it was made for. A check that started against the old
+/// target and fails after a reload moved `target_port` to a healthy upstream counts for nothing
+/// (its `CheckRound` is no longer current); before, with `fall` 1 it opened the breaker, and the
+/// healthy new upstream was refused 503 `circuit_open` until `rise` new checks passed.
+#[test]
+fn a_check_of_the_old_target_does_not_open_the_breaker_after_a_reload() {
+    let a = upstream();
+    let b = upstream();
+    let tweak = |c: &mut sluice::config::Config| {
+        c.health_check_path = "/health".into();
+        c.health_check_interval = Duration::from_millis(300);
+        c.health_check_timeout = Duration::from_millis(1500);
+        c.health_check_fall = 1;
+        c.health_check_rise = 2;
+    };
+    let s = sluice(a.port(), tweak);
+    let addr = s.addr();
+    assert!(eventually(Duration::from_secs(5), || metrics(addr)
+        ["health_checks_passed"]
+        .as_u64()
+        .unwrap_or(0)
+        >= 1));
+    a.set_hang(true); // the old target stops answering: the next check hangs
+    std::thread::sleep(Duration::from_millis(500)); // a check of `a` is in flight
+    let fixed = s.reload(config(b.port(), tweak));
+    assert!(fixed.is_empty(), "{fixed:?}");
+    let started = Instant::now();
+    let mut refused = Vec::new();
+    for _ in 0..60 {
+        if started.elapsed() > Duration::from_millis(2500) {
+            break;
+        }
+        let r = get(addr, "/after-reload");
+        if r.status != 200 {
+            refused.push((
+                started.elapsed().as_millis(),
+                r.status,
+                r.header("x-sluice-error").map(str::to_string),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.set_hang(false);
+    assert!(
+        refused.is_empty(),
+        "the healthy new target was refused: {refused:?}"
+    );
 }

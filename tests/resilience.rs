@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -292,5 +294,107 @@ fn no_retries_while_the_breaker_is_open() {
     assert_eq!(
         metrics(s.addr())["upstream_attempts"].as_u64().unwrap(),
         attempts_before
+    );
+}
+
+/// A raw upstream that, like nginx's `client_body_timeout` or gunicorn's worker timeout, gives
+/// up on a request body that goes silent for `patience` (it closes the connection without an
+/// answer); a request whose body comes in time is answered 200. At most `max` connections,
+/// each on its own thread, for at most 30 s.
+fn impatient_upstream(patience: Duration, max: usize) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(max) {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(patience)).unwrap();
+                let mut got = Vec::new();
+                let mut b = [0u8; 4096];
+                let until = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if Instant::now() > until {
+                        return;
+                    }
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut b) {
+                            Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                    while got.len() < end + 4 + len {
+                        match s.read(&mut b) {
+                            Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+                            _ => return, // silent too long (or closed): give up, no answer
+                        }
+                    }
+                    got.drain(..end + 4 + len);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// README "What can hold a worker": "only the upstream decides how long one is busy and whether
+/// the breaker opens"; a client may send a larger body slowly (`client_header_timeout` of grace,
+/// then `client_min_rate`). While a worker streams that body the upstream waits for it, and an
+/// upstream with its own body timeout (nginx `client_body_timeout`, gunicorn) gives up and
+/// closes: a `Reset` while the client's body was not all sent, whose verdict is neutral
+/// (`AttemptFailure::verdict`); the client still gets its 502. Two clients pausing 1 s inside
+/// their uploads (well within sluice's 5 s grace) leave a threshold-2 breaker closed (before,
+/// they opened it and a healthy upstream was refused 503 `circuit_open` to everyone).
+#[test]
+fn slow_uploads_within_the_allowance_do_not_open_the_breaker() {
+    let up = impatient_upstream(Duration::from_millis(300), 16);
+    let s = sluice(up.port(), |c| {
+        c.client_buffer = 1024;
+        c.circuit_breaker_threshold = 2;
+        c.max_retries = 0;
+    });
+    let addr = s.addr();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let len = 20_000;
+        c.write_all(
+            format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        c.write_all(&vec![b'a'; 2000]).unwrap();
+        std::thread::sleep(Duration::from_millis(1000)); // a pause, within the 5 s grace
+        let _ = c.write_all(&vec![b'a'; len - 2000]);
+        let mut r = Vec::new();
+        let mut b = [0u8; 1024];
+        while !r.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut b) {
+                Ok(n) if n > 0 => r.extend_from_slice(&b[..n]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&r).into_owned();
+        println!("slow upload got: {:?}", text.lines().next());
+        assert!(
+            text.starts_with("HTTP/1.1 502") && text.contains("X-Sluice-Error: upstream_error"),
+            "the client still gets its 502 upstream_error: {text}"
+        );
+    }
+    let r = get(addr, "/after");
+    assert_eq!(
+        r.status,
+        200,
+        "a healthy upstream is refused after two slow uploads: {:?}",
+        r.header("x-sluice-error")
     );
 }

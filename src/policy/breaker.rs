@@ -6,6 +6,8 @@
 //! others are refused while the probe is out, for at most `open_for`: past that the probe is
 //! overdue and every request goes through again (a slow probe never keeps a healthy upstream
 //! refused); the first success closes it, the probe's failure or `threshold` failures re-open it.
+//! The same once half-open has lasted `open_for` with no probe sent (only requests that may not
+//! probe came): they pass, so no traffic keeps a healthy upstream refused past twice `open_for`.
 //!
 //! With health checks on (`set_checks`) the checks are the probe: `fall` failed checks open it
 //! whatever its state, it stays open (no half-open, no client request as probe) until `rise`
@@ -47,6 +49,12 @@ impl State {
 /// still out when the breaker moved on) is not taken for the current one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe(u64);
+
+/// What the health checks check (target and check settings), as a number never reused: a
+/// check's result counts only if its round is still the current one, so a check still out when
+/// a reload moved the target (or changed or turned off the checks) counts for nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckRound(u64);
 
 /// What the breaker says about one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +101,8 @@ pub struct Breaker {
     last_transition: Option<Instant>,
     /// Health checks, when `health_check_path` is set.
     checks: Option<Checks>,
+    /// The current `CheckRound`'s number.
+    round: u64,
 }
 
 impl Breaker {
@@ -108,6 +118,7 @@ impl Breaker {
             times_opened: 0,
             last_transition: None,
             checks: None,
+            round: 0,
         }
     }
 
@@ -126,7 +137,9 @@ impl Breaker {
         now: Instant,
     ) -> Option<Transition> {
         let Some(settings) = settings else {
-            self.checks = None;
+            if self.checks.take().is_some() {
+                self.retarget_checks();
+            }
             return None;
         };
         if let Some(c) = &mut self.checks {
@@ -137,20 +150,37 @@ impl Breaker {
             State::Closed => Health::Healthy,
             State::Open | State::HalfOpen => Health::Unhealthy,
         };
+        self.retarget_checks();
         self.checks = Some(Checks::new(settings, health));
         (self.state == State::HalfOpen)
             .then(|| self.go(State::Open, now))
             .flatten()
     }
 
-    /// Counts one health check's result (ignored while checks are off); `fall` failures in a
-    /// row open the breaker, `rise` passes in a row close it.
+    /// What a check started now checks; `record_check` takes its result with it.
+    pub fn check_round(&self) -> CheckRound {
+        CheckRound(self.round)
+    }
+
+    /// What the checks check changed (a reload moved the target or changed how a check is
+    /// made): the results of checks still out are for a round no longer current.
+    pub fn retarget_checks(&mut self) {
+        self.round += 1;
+    }
+
+    /// Counts one health check's result (ignored while checks are off, or if it was made for
+    /// an earlier `CheckRound`); `fall` failures in a row open the breaker, `rise` passes in a
+    /// row close it.
     pub fn record_check(
         &mut self,
         now: Instant,
+        round: CheckRound,
         result: CheckResult,
         latency: Duration,
     ) -> Option<Transition> {
+        if round != self.check_round() {
+            return None;
+        }
         let signal = self.checks.as_mut()?.record(now, result, latency)?;
         match signal {
             Signal::Down if self.state != State::Open => self.open(now),
@@ -180,9 +210,16 @@ impl Breaker {
             .is_some_and(|(_, sent)| now < sent + self.open_for)
     }
 
-    /// True while half-open and the probe has been out for `open_for`: every request passes.
+    /// True while half-open and the probe has been out for `open_for` — or no probe has gone
+    /// although half-open began `open_for` ago (only requests that may not probe came, e.g.
+    /// uploads larger than `client_buffer`): every request passes. Either way the refusal ends
+    /// at most twice `open_for` after the opening.
     fn probe_overdue(&self, now: Instant) -> bool {
-        self.probe_out.is_some() && !self.probe_exclusive(now)
+        match (self.probe_out, self.opened_at) {
+            (Some(_), _) => !self.probe_exclusive(now),
+            (None, Some(t)) => now >= t + self.open_for + self.open_for,
+            (None, None) => false,
+        }
     }
 
     /// True while the breaker refuses requests: open, or half-open with its probe out (for at
@@ -209,7 +246,7 @@ impl Breaker {
 
     /// While open: how long until a request may pass (the probe, or with checks on the
     /// earliest `rise` passing checks could close it). Read-only, so callers can shed a
-    /// request before queueing it; `admit` still decides for everything else.
+    /// request before queueing it; `admit_as` still decides for everything else.
     pub fn open_for(&self, now: Instant) -> Option<Duration> {
         if self.state(now) != State::Open {
             return None;
@@ -221,8 +258,19 @@ impl Breaker {
         }
     }
 
-    /// Asks to send one request upstream. Returns the decision and any state change it caused.
+    /// Asks to send one request that may be the probe upstream. Returns the decision and any
+    /// state change it caused. (sluice itself always says whether a request may probe.)
+    #[cfg(test)]
     pub fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
+        self.admit_as(now, true)
+    }
+
+    /// Asks to send one request upstream. Returns the decision and any state change it caused.
+    /// A request that may not be the probe (`may_probe` false: its body is still to come from
+    /// the client, which could hold the breaker half-open at the client's pace) is refused
+    /// while half-open and the probe slot stays free for another request — unless the probe is
+    /// overdue (or none came within `open_for` of half-open) and every request passes.
+    pub fn admit_as(&mut self, now: Instant, may_probe: bool) -> (Admit, Option<Transition>) {
         match self.state(now) {
             State::Closed => (Admit::Pass, None),
             State::Open => {
@@ -235,33 +283,21 @@ impl Breaker {
                 } else {
                     None
                 };
-                let admit = if self.probe_out.is_none() {
+                let admit = if may_probe && self.probe_out.is_none() {
                     self.probes += 1;
                     let probe = Probe(self.probes);
                     self.probe_out = Some((probe, now));
                     Admit::Probe(probe)
-                } else if self.probe_exclusive(now) {
+                } else if self.probe_overdue(now) {
+                    Admit::Pass
+                } else {
                     Admit::Reject {
                         retry_after: HALF_OPEN_RETRY,
                     }
-                } else {
-                    Admit::Pass
                 };
                 (admit, t)
             }
         }
-    }
-
-    /// As `admit`, for a request that may not be the probe (`may_probe` false: its body is still
-    /// to come from the client, which could hold the breaker half-open at the client's pace):
-    /// while half-open it is refused and the probe slot stays free for another request — unless
-    /// the probe is overdue and every request passes.
-    pub fn admit_as(&mut self, now: Instant, may_probe: bool) -> (Admit, Option<Transition>) {
-        if !may_probe && self.state(now) == State::HalfOpen && !self.probe_overdue(now) {
-            let retry_after = HALF_OPEN_RETRY;
-            return (Admit::Reject { retry_after }, None);
-        }
-        self.admit(now)
     }
 
     /// Reports how an admitted request ended (`probe`: the probe it was, if it was one).

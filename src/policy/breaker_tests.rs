@@ -74,6 +74,48 @@ fn a_request_whose_body_is_still_to_come_is_never_the_probe() {
 }
 
 #[test]
+fn with_no_request_that_may_probe_the_others_pass_open_for_into_half_open() {
+    let now = t0();
+    let s = Duration::from_secs;
+    let mut b = Breaker::new(1, s(10));
+    b.record(now, Verdict::Failure, None);
+    // Half-open from 10 s; only requests whose body is still to come: refused until 20 s.
+    assert!(matches!(
+        b.admit_as(now + s(11), false).0,
+        Admit::Reject { .. }
+    ));
+    assert!(matches!(
+        b.admit_as(now + s(19), false).0,
+        Admit::Reject { .. }
+    ));
+    assert_eq!(b.admit_as(now + s(20), false).0, Admit::Pass);
+    assert_eq!(b.state(now + s(20)), State::HalfOpen);
+    assert_eq!(
+        b.record(now + s(21), Verdict::Success, None),
+        Some(Transition {
+            from: State::HalfOpen,
+            to: State::Closed
+        }),
+        "their first success closes it"
+    );
+    // Past that point their failures count as the overdue case's: `threshold` re-open it.
+    b.record(now + s(30), Verdict::Failure, None);
+    assert_eq!(b.admit_as(now + s(50), false).0, Admit::Pass);
+    assert_eq!(
+        b.record(now + s(51), Verdict::Failure, None).map(|t| t.to),
+        Some(State::Open)
+    );
+    // A request that may probe still becomes the probe, and then holds the others back.
+    let mut p = Breaker::new(1, s(10));
+    p.record(now, Verdict::Failure, None);
+    assert!(p.admit_as(now + s(25), true).0.probe().is_some());
+    assert!(matches!(
+        p.admit_as(now + s(26), false).0,
+        Admit::Reject { .. }
+    ));
+}
+
+#[test]
 fn refusing_while_open_and_while_the_probe_is_out() {
     let now = t0();
     let mut b = Breaker::new(1, Duration::from_secs(10));
@@ -283,9 +325,9 @@ fn fall_failed_checks_open_it_and_only_rise_passing_checks_close_it() {
     let (mut b, now) = with_checks(5);
     let ms = Duration::from_millis(1);
     let s = Duration::from_secs;
-    assert_eq!(b.record_check(now, FAIL, ms), None);
-    assert_eq!(b.record_check(now, FAIL, ms), None);
-    let t = b.record_check(now, FAIL, ms);
+    assert_eq!(b.record_check(now, b.check_round(), FAIL, ms), None);
+    assert_eq!(b.record_check(now, b.check_round(), FAIL, ms), None);
+    let t = b.record_check(now, b.check_round(), FAIL, ms);
     assert_eq!(
         t.map(|t| (t.from, t.to)),
         Some((State::Closed, State::Open))
@@ -298,9 +340,9 @@ fn fall_failed_checks_open_it_and_only_rise_passing_checks_close_it() {
         Admit::Reject { retry_after: s(2) },
         "no client request is the probe"
     );
-    assert_eq!(b.record_check(later, PASS, ms), None);
+    assert_eq!(b.record_check(later, b.check_round(), PASS, ms), None);
     assert_eq!(b.open_for(later), Some(s(1)));
-    let t = b.record_check(later, PASS, ms);
+    let t = b.record_check(later, b.check_round(), PASS, ms);
     assert_eq!(t.map(|t| t.to), Some(State::Closed));
     assert_eq!(b.admit(later).0, Admit::Pass);
 }
@@ -309,16 +351,56 @@ fn fall_failed_checks_open_it_and_only_rise_passing_checks_close_it() {
 fn with_checks_on_a_breaker_opened_by_requests_waits_for_rise_passing_checks() {
     let (mut b, now) = with_checks(2);
     let ms = Duration::from_millis(1);
-    b.record_check(now, PASS, ms);
+    b.record_check(now, b.check_round(), PASS, ms);
     b.record(now, Verdict::Failure, None);
     let t = b.record(now, Verdict::Failure, None);
     assert_eq!(t.map(|t| t.to), Some(State::Open));
     let later = now + Duration::from_secs(60);
     assert!(b.refusing(later));
     assert!(matches!(b.admit_as(later, true).0, Admit::Reject { .. }));
-    assert_eq!(b.record_check(later, PASS, ms), None);
-    let t = b.record_check(later, PASS, ms);
+    assert_eq!(b.record_check(later, b.check_round(), PASS, ms), None);
+    let t = b.record_check(later, b.check_round(), PASS, ms);
     assert_eq!(t.map(|t| t.to), Some(State::Closed));
+}
+
+#[test]
+fn a_check_made_for_an_earlier_round_counts_for_nothing() {
+    let (mut b, now) = with_checks(5);
+    let ms = Duration::from_millis(10);
+    let old = b.check_round();
+    b.retarget_checks(); // a reload moved the target while a check of the old one was out
+    assert_eq!(b.record_check(now, old, FAIL, ms), None);
+    assert_eq!(b.record_check(now, old, FAIL, ms), None);
+    assert_eq!(b.record_check(now, old, FAIL, ms), None);
+    assert_eq!(
+        b.state(now),
+        State::Closed,
+        "the old target's failures are not counted"
+    );
+    let current = b.check_round();
+    assert_ne!(current, old);
+    b.set_checks(None, now);
+    assert_ne!(
+        b.check_round(),
+        current,
+        "turning checks off voids the checks out"
+    );
+    b.set_checks(
+        Some(CheckSettings {
+            rise: 2,
+            fall: 1,
+            interval: ms,
+        }),
+        now,
+    );
+    let on = b.check_round();
+    assert_ne!(on, current);
+    assert_eq!(b.record_check(now, current, FAIL, ms), None);
+    assert_eq!(b.state(now), State::Closed);
+    assert_eq!(
+        b.record_check(now, on, FAIL, ms).map(|t| t.to),
+        Some(State::Open)
+    );
 }
 
 #[test]
@@ -345,7 +427,7 @@ fn checks_turned_on_while_half_open_take_over_and_off_restores_the_timer() {
     );
     assert!(b.admit(now + s(60)).0.probe().is_some());
     assert_eq!(
-        b.record_check(now + s(61), FAIL, s(1)),
+        b.record_check(now + s(61), b.check_round(), FAIL, s(1)),
         None,
         "checks are off"
     );

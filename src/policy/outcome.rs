@@ -57,12 +57,24 @@ impl AttemptFailure {
         }
     }
 
-    /// What the breaker learns when this was the last attempt: what its reason's outcome says,
-    /// but a response head over the limit is neutral — a healthy upstream sends one (a large
-    /// `Set-Cookie` or CSP), and counting it would open the breaker for everyone.
-    pub fn verdict(self) -> Verdict {
+    /// What the breaker learns when this was the last attempt (`client_paced`: its body was
+    /// streamed from the client as it arrived, so the upstream waited on the client's pace):
+    /// what its reason's outcome says, but neutral for
+    /// - a response head over the limit — a healthy upstream sends one (a large `Set-Cookie` or
+    ///   CSP), and counting it would open the breaker for everyone;
+    /// - a client-paced failure after the connect (reset, timeout, malformed answer): the
+    ///   upstream may have given up on a client pausing within sluice's allowance (its own body
+    ///   timeout), which shows only later — when sluice writes the rest of the body, or reads
+    ///   the answer after it — and no client may make sluice count a failure against the
+    ///   upstream (README "What can hold a worker"). A connect failure still counts: nothing
+    ///   was sent yet.
+    pub fn verdict(self, client_paced: bool) -> Verdict {
         match self {
             AttemptFailure::HeadTooLarge => Verdict::Neutral,
+            AttemptFailure::Connect | AttemptFailure::ConnectTimeout => {
+                Outcome::Sluice(self.reason()).verdict()
+            }
+            _ if client_paced => Verdict::Neutral,
             _ => Outcome::Sluice(self.reason()).verdict(),
         }
     }
@@ -256,9 +268,35 @@ mod tests {
 
     #[test]
     fn a_head_over_the_limit_is_a_502_but_never_a_breaker_failure() {
-        assert_eq!(AttemptFailure::HeadTooLarge.verdict(), Verdict::Neutral);
-        assert_eq!(AttemptFailure::Protocol.verdict(), Verdict::Failure);
-        assert_eq!(AttemptFailure::Reset.verdict(), Verdict::Failure);
-        assert_eq!(AttemptFailure::Connect.verdict(), Verdict::Failure);
+        assert_eq!(
+            AttemptFailure::HeadTooLarge.verdict(false),
+            Verdict::Neutral
+        );
+        assert_eq!(AttemptFailure::Protocol.verdict(false), Verdict::Failure);
+        assert_eq!(AttemptFailure::Reset.verdict(false), Verdict::Failure);
+        assert_eq!(AttemptFailure::Connect.verdict(false), Verdict::Failure);
+    }
+
+    #[test]
+    fn a_failure_of_a_body_streamed_at_the_clients_pace_is_neutral_unless_a_connect() {
+        for f in [
+            AttemptFailure::Reset,
+            AttemptFailure::Timeout,
+            AttemptFailure::Protocol,
+            AttemptFailure::Status(503),
+            AttemptFailure::HeadTooLarge,
+        ] {
+            assert_eq!(f.verdict(true), Verdict::Neutral, "{f:?}");
+        }
+        assert_eq!(AttemptFailure::Connect.verdict(true), Verdict::Failure);
+        assert_eq!(
+            AttemptFailure::ConnectTimeout.verdict(true),
+            Verdict::Failure
+        );
+        assert_eq!(
+            AttemptFailure::Reset.reason(),
+            Reason::UpstreamError,
+            "still a 502"
+        );
     }
 }

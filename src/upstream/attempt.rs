@@ -96,12 +96,14 @@ pub fn forward(
         x.client_done();
     }
     x.shared.budget.lock().deposit();
+    // The upstream waits on the client's pace: its body is streamed as it arrives.
+    let client_paced = matches!(payload, Payload::Streamed) && !in_buffer;
     let (ended, attempts, upstream_time) = attempt_all(x, &template, &payload, &mut body);
     let (body_done, bytes_in, body_failure) = (body.is_complete(), body.read, body.failure);
     drop(body);
     verdict.report(match &ended {
         Attempts::Response(r, _) => Outcome::Upstream(r.status().as_u16()).verdict(),
-        Attempts::Failed(f, _) => f.verdict(),
+        Attempts::Failed(f, _) => f.verdict(client_paced),
         Attempts::ClientBody | Attempts::ClientGone => Verdict::Neutral,
     });
     let relayed = matches!(ended, Attempts::Response(..));

@@ -8,7 +8,9 @@
 //! accepting beside. The `Host` header is the target's authority.
 //!
 //! A reload (`Checker::wake`) applies new check settings at once: the next check is due
-//! `interval` after the last one started, the first at once. `Checker::stop` ends the thread,
+//! `interval` after the last one started, the first at once. A check still out when a reload
+//! moves the target (or changes or turns off the checks) counts for nothing: its result is
+//! for an earlier `CheckRound` (`Shared::check_target`, `Shared::record_check`). `Checker::stop` ends the thread,
 //! after the check in progress if one is (at most `health_check_timeout`).
 
 use std::io;
@@ -100,7 +102,7 @@ fn run(shared: &Shared, bell: &Bell) {
         if shared.stopping() {
             return;
         }
-        let cfg = shared.config();
+        let (cfg, round) = shared.check_target();
         if cfg.health_check_path.is_empty() {
             last_start = None;
             bell.wait(seen, None);
@@ -119,8 +121,10 @@ fn run(shared: &Shared, bell: &Bell) {
         if shared.stopping() {
             return;
         }
-        if shared.config().health_check_path.is_empty() {
-            continue; // turned off while this check ran: it counts for nothing
+        // A reload that moved the target or changed or turned off the checks while this one
+        // ran voids it (it is for an earlier round): it counts for nothing.
+        if !shared.record_check(round, result, latency) {
+            continue;
         }
         if result.passed() != last_passed {
             last_passed = result.passed();
@@ -133,7 +137,6 @@ fn run(shared: &Shared, bell: &Bell) {
                 ),
             }
         }
-        shared.record_check(result, latency);
     }
 }
 
