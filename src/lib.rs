@@ -156,7 +156,8 @@ impl Running {
         }
     }
 
-    /// Waits until no request is queued or in flight, at most `grace`. True if it got there.
+    /// Waits until no request is queued or in flight and no answer is still being sent (the
+    /// front end's, or one a worker left it), at most `grace`. True if it got there.
     pub fn wait_idle(&self, grace: Duration) -> bool {
         let until = Instant::now() + grace;
         loop {
@@ -173,7 +174,7 @@ impl Running {
 
     /// The drain's grace is over: every request still queued or in flight ends now with
     /// outcome `shutdown` (503 `shutdown` if nothing was sent to its client yet, else its
-    /// connection closes), each with its access-log line. Waits up to `CUT_WAIT` for that;
+    /// connection closes), each with its access-log line; an answer still being sent is cut. Waits up to `CUT_WAIT` for that;
     /// returns how many requests were still in progress then.
     pub fn end_grace(&self) -> i64 {
         self.shared.end_grace();

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -87,7 +88,7 @@ fn print_check(loaded: &Loaded) {
 fn run(flags: Flags, loaded: Loaded) -> ExitCode {
     let cfg = loaded.config;
     let nofile = sluice::limits::raise_nofile();
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match watch_signals() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sluice: cannot install signal handlers: {e}");
@@ -159,15 +160,6 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
                     grace.as_secs_f64()
                 );
                 running.drain();
-                std::thread::spawn(move || {
-                    if let Some(again) = Signals::new([SIGTERM, SIGINT])
-                        .ok()
-                        .and_then(|mut s| s.forever().next())
-                    {
-                        warn!("signal {again} while draining: exiting now");
-                        std::process::exit(1);
-                    }
-                });
                 if !running.wait_idle(grace) {
                     let cut_at = running.metrics().outcome("shutdown");
                     let left = running.end_grace();
@@ -194,6 +186,29 @@ fn run(flags: Flags, loaded: Loaded) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// SIGTERMs and SIGINTs received so far, counted in the signal handler itself.
+static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+/// The signals for the whole life of the process, registered once before serving: SIGHUP,
+/// SIGTERM and SIGINT through the returned iterator; and a second SIGTERM or SIGINT exits at once
+/// with status 1 from the signal handler itself (README "Shutdown") — whatever main is doing
+/// then, however soon after the first it comes, and on whichever thread the two run.
+fn watch_signals() -> std::io::Result<Signals> {
+    for sig in [SIGTERM, SIGINT] {
+        // SAFETY: `register` installs a handler (`sigaction(2)`); the action runs inside it and
+        // does only what is async-signal-safe: one lock-free atomic add, and `_exit(2)`
+        // (signal-hook's `low_level::exit`).
+        unsafe {
+            signal_hook::low_level::register(sig, || {
+                if STOP_SIGNALS.fetch_add(1, SeqCst) > 0 {
+                    signal_hook::low_level::exit(1);
+                }
+            })?;
+        }
+    }
+    Signals::new([SIGTERM, SIGINT, SIGHUP])
 }
 
 fn reload(flags: &Flags, running: &sluice::Running) {

@@ -68,6 +68,9 @@ impl Entry {
         };
         e.wait_for_request(cfg, first);
         let (out, close) = e.client.io.take_unsent();
+        if out.is_empty() {
+            e.client.delivering = None; // nothing of its answer left to send
+        }
         if !out.is_empty() || close {
             // A worker left part of a response for a slow reader, or its answer on a connection
             // that closes: the bytes go out first, then a graceful close.
@@ -107,28 +110,51 @@ impl Entry {
 }
 
 impl Front {
-    /// Draining: closes every idle kept-alive connection, after reading what it may have sent
-    /// (a request already here is served, with `Connection: close`).
+    /// Draining: closes every idle kept-alive connection (`close_if_idle`).
     pub(super) fn close_idle(&mut self) {
         for key in 0..self.entries.len() {
-            if self.entries[key].as_ref().is_some_and(Entry::idle) {
-                self.advance(key);
-                self.close_if_idle(key);
-            }
+            self.close_if_idle(key);
         }
     }
 
-    /// While draining, a connection that has become idle is closed. True if it was.
+    /// While draining, a connection that has become idle is closed — after reading what its
+    /// socket holds, so that a request already sent on it is served (with `Connection: close`),
+    /// not lost to the reset a close with unread bytes makes. sluice's side closes first and
+    /// what still arrives is read and dropped (`linger`): a request sent meanwhile meets a clean
+    /// close, never a reset. True if the connection was handled here (read, and closed if it
+    /// was still idle).
     pub(super) fn close_if_idle(&mut self, key: usize) -> bool {
-        let idle = self
-            .entries
+        if !self.shared.draining() || !self.is_idle(key) {
+            return false;
+        }
+        self.advance(key);
+        if self.is_idle(key) {
+            self.linger(key);
+        }
+        true
+    }
+
+    fn is_idle(&self, key: usize) -> bool {
+        self.entries
             .get(key)
             .and_then(Option::as_ref)
-            .is_some_and(Entry::idle);
-        if idle && self.shared.draining() {
-            self.close(key);
+            .is_some_and(Entry::idle)
+    }
+
+    /// The drain's grace is over: an answer still being sent to a slow reader is cut (its
+    /// connection closes short of the end). Returns how many were.
+    pub(super) fn cut_deliveries(&mut self) -> usize {
+        let mut cut = 0;
+        for key in 0..self.entries.len() {
+            let held = self.entries[key]
+                .as_ref()
+                .is_some_and(|e| e.client.delivering.is_some());
+            if held {
+                self.close(key);
+                cut += 1;
+            }
         }
-        idle && self.shared.draining()
+        cut
     }
 
     pub(super) fn insert(&mut self, key: usize, entry: Entry) {
@@ -194,6 +220,10 @@ impl Front {
         e.out = bytes[n..].to_vec();
         e.close_after = !keep;
         e.deadline = Instant::now() + e.client.io.io_timeout;
+        let held = self.shared.begin_request(); // a drain waits for it
+        if let Some(e) = self.entry(key) {
+            e.client.delivering.get_or_insert(held);
+        }
         self.interest(key, Interest::READABLE | Interest::WRITABLE);
         false
     }
@@ -212,6 +242,7 @@ impl Front {
             return;
         }
         e.out = Vec::new();
+        e.client.delivering = None;
         if e.close_after {
             self.interest(key, Interest::READABLE);
             return self.closed_by_sluice(key);

@@ -228,9 +228,16 @@ impl Front {
 
     /// The drain's grace is over: every request still here or in a worker ends now with outcome
     /// `shutdown` — a queued one, or one whose body is still coming, is answered 503 `shutdown`;
-    /// a worker's upstream exchange is cancelled, and the worker answers 503 `shutdown` if
-    /// nothing was sent to its client yet, else closes the connection (README "Shutdown").
+    /// a worker's exchange is cancelled (`Cancel::shutdown`, which also ends its read of a
+    /// request body), and the worker answers 503 `shutdown` if nothing was sent to its client
+    /// yet, else closes the connection; an answer still being sent to a slow reader is cut
+    /// (README "Shutdown").
     fn cut_all(&mut self) {
+        // First, so that the 503s below are not among them.
+        let cut = self.cut_deliveries();
+        if cut > 0 {
+            crate::warn!("shutdown_grace over: {cut} response(s) still being sent cut short");
+        }
         for (_, slot) in std::mem::take(&mut self.queued) {
             if let Some(parked) = slot.take() {
                 let waited = parked.started.elapsed();
@@ -238,7 +245,7 @@ impl Front {
             }
         }
         for away in self.away.iter().flatten() {
-            away.cancel.client_gone();
+            away.cancel.shutdown();
         }
         for key in 0..self.entries.len() {
             if self.entries[key]
@@ -342,10 +349,8 @@ impl Front {
             if unsent {
                 self.interest(key, Interest::READABLE | Interest::WRITABLE);
                 self.flush(key);
-            } else if ready {
+            } else if !self.close_if_idle(key) && ready {
                 self.advance(key);
-            } else {
-                self.close_if_idle(key);
             }
         }
     }

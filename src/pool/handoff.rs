@@ -44,6 +44,10 @@ pub struct Client {
     pub kept: bool,
     /// When a worker last finished a response on it.
     pub last_done: Option<Instant>,
+    /// The request whose answer the front end still sends (bytes a worker left unsent, or an
+    /// answer the socket did not take at once): counted in progress until the bytes are out,
+    /// so that a drain waits for them (README "Shutdown").
+    pub delivering: Option<InProgress>,
     /// Never reused (its descriptor is): part of its epoll token (`token`).
     id: u64,
     /// Its current request came promptly after its previous response (`pool/keep.rs`).
@@ -62,6 +66,7 @@ impl Client {
             cancel: Arc::default(),
             kept: false,
             last_done: None,
+            delivering: None,
             prompt: false,
             id: NEXT_CONNECTION.fetch_add(1, Relaxed),
         };

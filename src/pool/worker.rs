@@ -197,7 +197,7 @@ fn serve(
     let ctx = RequestCtx::new(&head, rid, conn.peer, started, waited).in_group(&group);
     shared.finish(&ctx, &fin);
     // Before the hand-back, so the client's next request finds this worker free.
-    drop((held, active, in_progress));
+    drop((held, active));
     // sluice's own answer on a connection that closes, or any answer closing a connection a
     // drain ends: the front end drains what the client still sends (a request it sent on)
     // before closing, so the answer is not lost to a reset.
@@ -208,9 +208,12 @@ fn serve(
     client.last_done = Some(Instant::now());
     // Something the front end must still send (then maybe close).
     if client.io.has_unsent() {
+        // Still in progress until the front end has sent it: a drain waits for it.
+        client.delivering = Some(in_progress);
         pool.back.give(client);
         return None;
     }
+    drop(in_progress);
     fin.keep_alive.then_some(client)
 }
 

@@ -74,6 +74,10 @@ pub fn forward(
     // A body all in the buffer already (the front end read it whole) needs nothing more from
     // the client: its hang-up cancels even while the upstream connect runs.
     let in_buffer = head.framing != Framing::None && conn.body_buffered(head.framing);
+    // A body still to come from the client: the end of a drain's grace can end its read.
+    let reading = (head.framing != Framing::None && !in_buffer)
+        .then(|| x.cancel.map(|c| c.reading(conn.stream())))
+        .flatten();
     let (mut reader, client) = conn.split();
     let expect_continue = head.expect_continue;
     let mut body = RequestBody::new(&mut reader, head.framing, x.cfg.max_body_bytes).on_first_read(
@@ -87,6 +91,10 @@ pub fn forward(
     );
     let payload = match payload(head, &mut body) {
         Ok(p) => p,
+        Err(_) if x.cancelled() => {
+            drop(body); // the drain's grace ended while the body came
+            return answer::send(conn, head, Reason::Shutdown, rid, None, false);
+        }
         Err(fail) => {
             drop(body);
             return client_body_failed(conn, head, rid, fail);
@@ -100,7 +108,7 @@ pub fn forward(
     let client_paced = matches!(payload, Payload::Streamed) && !in_buffer;
     let (ended, attempts, upstream_time) = attempt_all(x, &template, &payload, &mut body);
     let (body_done, bytes_in, body_failure) = (body.is_complete(), body.read, body.failure);
-    drop(body);
+    drop((body, reading));
     verdict.report(match &ended {
         Attempts::Response(r, _) => Outcome::Upstream(r.status().as_u16()).verdict(),
         Attempts::Failed(f, _) => f.verdict(client_paced),

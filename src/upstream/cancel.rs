@@ -3,7 +3,10 @@
 //! still watches its socket; a hang-up (`client_gone`) shuts down the upstream socket the
 //! worker's current attempt uses, so that its connect, write or read returns at once, and wakes
 //! a retry's back-off — once the worker has said it expects nothing more from the client
-//! (`waiting`; before that, its own read of the body sees the hang-up).
+//! (`waiting`; before that, its own read of the body sees the hang-up). The end of a drain's
+//! grace (`shutdown`) cancels at once, waiting or not: it also ends the worker's read of a
+//! request body, by shutting down the read side of the client socket the worker registered for
+//! that read (`reading`; README "Shutdown").
 //!
 //! Who may shut which socket down holds by construction:
 //! - every attempt has an identity that is never reused (`Attempt`, one global counter), and its
@@ -16,7 +19,7 @@
 //!   in the pool, or in another attempt's hands, belongs to no client that can hang up.
 
 use std::cell::{Cell, RefCell};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -29,6 +32,8 @@ use crate::runnable::MarkedStream;
 const WAITING: u8 = 1;
 const HUNG_UP: u8 = 2;
 const CANCELLED: u8 = 4;
+/// The drain's grace is over: cancelled whatever the worker still reads (kept across requests).
+const SHUT: u8 = 8;
 
 /// The next attempt's identity; 0 means "no attempt".
 static NEXT_ATTEMPT: AtomicU64 = AtomicU64::new(1);
@@ -93,13 +98,19 @@ pub struct Cancel {
     socket: Mutex<Option<(Weak<Line>, u64)>>,
     /// Wakes a back-off wait when the client hangs up.
     wake: Condvar,
+    /// A duplicate of the client socket while the worker reads the request body from it
+    /// (`reading`), so that `shutdown` can end that read.
+    client: Mutex<Option<TcpStream>>,
 }
 
 impl Cancel {
     /// A new request on the connection: nothing is awaited or cancelled yet (a hang-up stays).
     fn reset(&self) {
-        self.state.fetch_and(HUNG_UP, SeqCst);
+        let before = self.state.fetch_and(HUNG_UP | SHUT, SeqCst);
         *self.socket.lock() = None;
+        if before & SHUT != 0 {
+            self.state.fetch_or(CANCELLED, SeqCst); // the grace is over: nothing starts
+        }
     }
 
     /// The front end saw the client hang up (or its socket fail).
@@ -111,6 +122,32 @@ impl Cancel {
             let _held = self.socket.lock();
             self.wake.notify_all();
         }
+    }
+
+    /// The drain's grace is over: the exchange is cancelled now, whatever the worker still
+    /// reads from the client — its attempt's upstream socket shut down, a back-off woken, and
+    /// its read of the request body ended (the client socket's read side is shut down; the
+    /// answer can still be written). The worker answers 503 `shutdown`.
+    pub fn shutdown(&self) {
+        self.state.fetch_or(SHUT | HUNG_UP, SeqCst);
+        self.cancel_now();
+        if let Some(client) = self.client.lock().as_ref() {
+            let _ = client.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// The worker reads the request body from `client` until the returned guard drops: a
+    /// `shutdown` meanwhile (or before) ends that read. Holds a duplicate of the socket, so that
+    /// no other socket can ever be shut down in its name.
+    pub fn reading(&self, client: &TcpStream) -> Reading<'_> {
+        if let Ok(dup) = client.try_clone() {
+            let mut held = self.client.lock();
+            if self.state.load(SeqCst) & SHUT != 0 {
+                let _ = dup.shutdown(Shutdown::Read);
+            }
+            *held = Some(dup);
+        }
+        Reading(self)
     }
 
     /// True once the client has hung up.
@@ -182,6 +219,15 @@ impl Cancel {
                 }
             }
         }
+    }
+}
+
+/// While a worker reads a request body (`Cancel::reading`); dropped, the duplicate socket closes.
+pub struct Reading<'a>(&'a Cancel);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        *self.0.client.lock() = None;
     }
 }
 
@@ -362,6 +408,38 @@ mod tests {
         second.client_gone();
         std::thread::sleep(Duration::from_millis(20));
         assert!(shut(&mut peer), "its own client's hang-up still cancels it");
+    }
+
+    #[test]
+    fn the_end_of_the_grace_cancels_at_once_and_ends_the_body_read() {
+        let cancel = Arc::new(Cancel::default());
+        let (line, mut peer) = line();
+        let _current = Current::set(&cancel);
+        let _attempt = Attempt::begin();
+        let mut attached = 0;
+        attach_current(&line, &mut attached);
+        // The worker blocks reading the request body from a silent client.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut ours, _) = l.accept().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let reading = cancel.reading(&ours);
+        let read = std::thread::spawn(move || {
+            let started = Instant::now();
+            (ours.read(&mut [0u8; 16]).ok(), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        cancel.shutdown();
+        let (got, took) = read.join().unwrap();
+        assert_eq!(got, Some(0), "the body read ends");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(
+            cancel.cancelled() && shut(&mut peer),
+            "not waiting, yet cancelled"
+        );
+        drop(reading);
+        Current::set(&cancel);
+        assert!(cancel.cancelled(), "nothing starts on it any more");
     }
 
     #[test]

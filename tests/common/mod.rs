@@ -303,6 +303,16 @@ impl Conn {
     }
 }
 
+/// A client socket with a tiny receive buffer: it takes a response only as fast as it reads it.
+pub fn slow_reader(addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
 /// One request on a fresh connection.
 pub fn get(addr: SocketAddr, path: &str) -> Resp {
     Conn::open(addr).get(path)
