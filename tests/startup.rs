@@ -39,6 +39,11 @@ fn soft_open_file_limit_is_raised_to_the_hard_one() {
     let p = under_limit(4096, up.port(), &["--max-connections", "1000"]);
     assert_eq!(nofile(p.pid()), (4096, 4096), "{}", p.stderr.lock());
     assert!(get(p.addr, "/x?body_bytes=3").status == 200);
+    eventually(Duration::from_secs(5), || {
+        p.stderr
+            .lock()
+            .contains("raised from 256 to the hard limit 4096")
+    });
     let log = p.stderr.lock().clone();
     assert!(
         log.contains("raised from 256 to the hard limit 4096"),
@@ -53,6 +58,9 @@ fn a_hard_limit_too_small_for_the_settings_is_a_warning() {
     // 4096 connections + 50 workers + 50 pooled + 32 do not fit in 1024.
     let p = under_limit(1024, up.port(), &[]);
     assert_eq!(nofile(p.pid()), (1024, 1024));
+    // The log is written by a thread of its own: the line may follow "listening".
+    let warned = |log: &str| log.contains("open-file limit 1024 < 4228");
+    eventually(Duration::from_secs(5), || warned(&p.stderr.lock()));
     let log = p.stderr.lock().clone();
     let warn = log
         .lines()
@@ -110,6 +118,11 @@ fn an_unresolvable_target_is_a_warning_at_start_and_in_health() {
     assert!(seen, "health: {last}");
     assert_eq!(last["status"], "healthy", "{last}");
     assert!(last["target_error"].as_str().is_some_and(|e| !e.is_empty()));
+    eventually(Duration::from_secs(5), || {
+        p.stderr
+            .lock()
+            .contains("\"sluice-test.invalid\" does not resolve")
+    });
     let log = p.stderr.lock().clone();
     assert!(
         log.lines()

@@ -432,12 +432,14 @@ impl Proc {
         let l2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                // Logged before the address is passed on: what came before "listening" is in
+                // the log when `start` returns.
+                l2.lock().push_str(&line);
+                l2.lock().push('\n');
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
                 }
-                l2.lock().push_str(&line);
-                l2.lock().push('\n');
             }
         });
         let addr = rx
