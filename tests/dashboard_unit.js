@@ -95,6 +95,7 @@ test('health-check fields are read when present and skipped when absent', () => 
   assert.strictEqual(D.healthOf(metrics(1, {})), null);
   assert.strictEqual(D.healthOf(metrics(1, { health_check_healthy: false, health_check_latency: 0.2 })).state, 'unhealthy');
   assert.strictEqual(D.healthOf(metrics(1, { health_check_state: 'healthy' })).state, 'healthy');
+  assert.strictEqual(D.healthOf(metrics(1, { health_check_state: 'off', health_checks_passed: 0 })), null);
   const h = D.healthOf(metrics(1, {}, { health_check: { status: 'down', last_latency: 5 } }));
   assert.strictEqual(h.state, 'unhealthy');
   assert.strictEqual(h.fields.health_check_last_latency, 5);
