@@ -72,6 +72,12 @@ impl<'a> Delivery<'a> {
         Ok(())
     }
 
+    /// True once the worker had to wait on the client (it fell more than `cap` behind): the
+    /// upstream was kept waiting at the client's pace.
+    pub fn waited_on_client(&self) -> bool {
+        self.paced.is_some()
+    }
+
     /// The response is complete (or cut short): what the client has not taken stays with the
     /// connection for the front end; `close` after it.
     pub fn finish(self, close: bool) {

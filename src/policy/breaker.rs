@@ -95,6 +95,9 @@ pub struct Breaker {
     opened_at: Option<Instant>,
     /// The probe out and when it went; only while half-open.
     probe_out: Option<(Probe, Instant)>,
+    /// Half-open and a request passed because the probe was overdue (or none came): from then
+    /// on every request passes and none becomes a probe that would hold the others back again.
+    passing: bool,
     probes: u64,
     consecutive_failures: u32,
     times_opened: u64,
@@ -113,6 +116,7 @@ impl Breaker {
             state: State::Closed,
             opened_at: None,
             probe_out: None,
+            passing: false,
             probes: 0,
             consecutive_failures: 0,
             times_opened: 0,
@@ -228,7 +232,7 @@ impl Breaker {
         match self.state(now) {
             State::Closed => false,
             State::Open => true,
-            State::HalfOpen => self.probe_exclusive(now),
+            State::HalfOpen => !self.passing && self.probe_exclusive(now),
         }
     }
 
@@ -283,12 +287,17 @@ impl Breaker {
                 } else {
                     None
                 };
-                let admit = if may_probe && self.probe_out.is_none() {
+                // Once a request passed because the probe was overdue (or none came), every
+                // request passes and none becomes a probe that would hold the others back.
+                let admit = if self.passing {
+                    Admit::Pass
+                } else if may_probe && self.probe_out.is_none() {
                     self.probes += 1;
                     let probe = Probe(self.probes);
                     self.probe_out = Some((probe, now));
                     Admit::Probe(probe)
                 } else if self.probe_overdue(now) {
+                    self.passing = true;
                     Admit::Pass
                 } else {
                     Admit::Reject {
@@ -346,6 +355,7 @@ impl Breaker {
         let from = self.state;
         self.state = to;
         self.last_transition = Some(now);
+        self.passing = false;
         match to {
             State::Closed => {
                 self.consecutive_failures = 0;

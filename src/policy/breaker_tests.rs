@@ -105,12 +105,12 @@ fn with_no_request_that_may_probe_the_others_pass_open_for_into_half_open() {
         b.record(now + s(51), Verdict::Failure, None).map(|t| t.to),
         Some(State::Open)
     );
-    // A request that may probe still becomes the probe, and then holds the others back.
+    // Before that, a request that may probe becomes the probe, and holds the others back.
     let mut p = Breaker::new(1, s(10));
     p.record(now, Verdict::Failure, None);
-    assert!(p.admit_as(now + s(25), true).0.probe().is_some());
+    assert!(p.admit_as(now + s(15), true).0.probe().is_some());
     assert!(matches!(
-        p.admit_as(now + s(26), false).0,
+        p.admit_as(now + s(16), false).0,
         Admit::Reject { .. }
     ));
 }
@@ -431,4 +431,18 @@ fn checks_turned_on_while_half_open_take_over_and_off_restores_the_timer() {
         None,
         "checks are off"
     );
+}
+
+#[test]
+fn once_every_request_passes_no_late_probe_holds_the_others_back_again() {
+    let now = t0();
+    let s = Duration::from_secs;
+    let mut b = Breaker::new(1, s(10));
+    b.record(now, Verdict::Failure, None);
+    // No request that may probe came within open_for of half-open: an upload passes ...
+    assert_eq!(b.admit_as(now + s(20), false).0, Admit::Pass);
+    // ... and from then on a request that could probe passes too, instead of becoming a probe.
+    assert_eq!(b.admit_as(now + s(21), true).0, Admit::Pass);
+    assert_eq!(b.admit_as(now + s(22), false).0, Admit::Pass);
+    assert!(!b.refusing(now + s(22)));
 }

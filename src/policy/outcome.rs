@@ -62,16 +62,18 @@ impl AttemptFailure {
     /// what its reason's outcome says, but neutral for
     /// - a response head over the limit — a healthy upstream sends one (a large `Set-Cookie` or
     ///   CSP), and counting it would open the breaker for everyone;
-    /// - a client-paced failure after the connect (reset, timeout, malformed answer): the
-    ///   upstream may have given up on a client pausing within sluice's allowance (its own body
-    ///   timeout), which shows only later — when sluice writes the rest of the body, or reads
-    ///   the answer after it — and no client may make sluice count a failure against the
-    ///   upstream (README "What can hold a worker"). A connect failure still counts: nothing
-    ///   was sent yet.
+    /// - a client-paced reset or malformed answer: the upstream may have given up on a client
+    ///   pausing within sluice's allowance (its own body timeout), which shows only later —
+    ///   when sluice writes the rest of the body, or reads the answer after it — and no client
+    ///   may make sluice count a failure against the upstream (README "What can hold a
+    ///   worker"). A connect failure still counts (nothing was sent yet), and so does a
+    ///   timeout: sluice's read timeout runs only once the whole body was sent, so the
+    ///   upstream had all of it and did not answer (a hung upstream must open the breaker for
+    ///   uploads too).
     pub fn verdict(self, client_paced: bool) -> Verdict {
         match self {
             AttemptFailure::HeadTooLarge => Verdict::Neutral,
-            AttemptFailure::Connect | AttemptFailure::ConnectTimeout => {
+            AttemptFailure::Connect | AttemptFailure::ConnectTimeout | AttemptFailure::Timeout => {
                 Outcome::Sluice(self.reason()).verdict()
             }
             _ if client_paced => Verdict::Neutral,
@@ -178,6 +180,9 @@ pub struct Finished {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub upstream_time: Duration,
+    /// The response body was cut while the worker waited on a client slower than the upstream
+    /// (within its allowance): the upstream may have given up on its own stalled writes.
+    pub client_paced: bool,
 }
 
 impl Finished {
@@ -189,6 +194,19 @@ impl Finished {
             bytes_in: 0,
             bytes_out: 0,
             upstream_time: Duration::ZERO,
+            client_paced: false,
+        }
+    }
+
+    /// What the breaker learns from how the relay ended: the outcome's verdict, but neutral for
+    /// a body cut while the worker waited on its client — an upstream with a send timeout
+    /// gives up on a reader pausing within sluice's allowance, and no client may make sluice
+    /// count a failure against the upstream (README "What can hold a worker").
+    pub fn verdict(&self) -> Verdict {
+        if self.client_paced {
+            Verdict::Neutral
+        } else {
+            self.outcome.verdict()
         }
     }
 }
@@ -278,16 +296,25 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_of_a_body_streamed_at_the_clients_pace_is_neutral_unless_a_connect() {
+    fn a_body_cut_while_the_worker_waited_on_its_client_is_neutral() {
+        let mut fin = Finished::new(Outcome::Truncated, false);
+        assert_eq!(fin.verdict(), Verdict::Failure);
+        fin.client_paced = true;
+        assert_eq!(fin.verdict(), Verdict::Neutral);
+    }
+
+    #[test]
+    fn a_failure_of_a_body_streamed_at_the_clients_pace_is_neutral_unless_a_connect_or_timeout() {
         for f in [
             AttemptFailure::Reset,
-            AttemptFailure::Timeout,
             AttemptFailure::Protocol,
             AttemptFailure::Status(503),
             AttemptFailure::HeadTooLarge,
         ] {
             assert_eq!(f.verdict(true), Verdict::Neutral, "{f:?}");
         }
+        // The read timeout runs once the whole body was sent: the upstream's.
+        assert_eq!(AttemptFailure::Timeout.verdict(true), Verdict::Failure);
         assert_eq!(AttemptFailure::Connect.verdict(true), Verdict::Failure);
         assert_eq!(
             AttemptFailure::ConnectTimeout.verdict(true),

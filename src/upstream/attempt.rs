@@ -139,7 +139,7 @@ pub fn forward(
         }
     };
     if relayed {
-        verdict.report(fin.outcome.verdict()); // a body broken off after the head: one more failure
+        verdict.report(fin.verdict()); // a body broken off after the head: one more failure
     }
     fin.attempts = attempts;
     fin.bytes_in = bytes_in;

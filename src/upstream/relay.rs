@@ -187,6 +187,7 @@ pub fn relay(
                 crate::debug!(
                     "request_id={request_id} upstream body failed after bytes were sent: {e}"
                 );
+                fin.client_paced = to.waited_on_client();
                 to.finish(true); // what the client has not taken goes out, then the close
                 fin.outcome = Outcome::Truncated;
                 fin.keep_alive = false;
