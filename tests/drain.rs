@@ -152,20 +152,7 @@ fn a_request_still_running_when_the_grace_ends_is_answered_and_logged_as_shutdow
         "{}",
         p.stderr.lock()
     );
-    let log = p.stdout_after_kill();
-    let line = log
-        .lines()
-        .find(|l| l.contains("/too-long"))
-        .unwrap_or_else(|| panic!("no access-log line: {log}"));
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    assert_eq!(
-        (v["status"].as_u64(), v["reason"].as_str()),
-        (Some(503), Some("shutdown"))
-    );
-    assert!(p
-        .stderr
-        .lock()
-        .contains("1 request(s) cut with outcome shutdown"));
+    assert_cut_as_shutdown(&mut p, "/too-long");
 }
 
 #[test]
@@ -366,20 +353,7 @@ fn a_streaming_upload_at_the_end_of_the_grace_is_answered_503_shutdown() {
         p.stderr.lock()
     );
     assert_eq!(exit, Some(0));
-    let log = p.stdout_after_kill();
-    let line = log
-        .lines()
-        .find(|l| l.contains("/up"))
-        .unwrap_or_else(|| panic!("no access-log line: {log}"));
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    assert_eq!(
-        (v["status"].as_u64(), v["reason"].as_str()),
-        (Some(503), Some("shutdown"))
-    );
-    assert!(p
-        .stderr
-        .lock()
-        .contains("1 request(s) cut with outcome shutdown"));
+    assert_cut_as_shutdown(&mut p, "/up");
 }
 
 /// True if SIGTERM is pending for the whole process `pid`: sent, not yet taken by any thread.
@@ -548,4 +522,23 @@ fn a_request_already_sent_on_a_kept_alive_connection_is_served_during_a_drain() 
         resets.is_empty(),
         "requests reset unanswered during the drain (round, request number): {resets:?}; {endings:?}"
     );
+}
+
+/// The one request cut at the grace's end has its access-log line (503 `shutdown`) and is
+/// counted in the log's summary.
+fn assert_cut_as_shutdown(p: &mut Proc, target: &str) {
+    let log = p.stdout_after_kill();
+    let line = log
+        .lines()
+        .find(|l| l.contains(target))
+        .unwrap_or_else(|| panic!("no access-log line: {log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        (v["status"].as_u64(), v["reason"].as_str()),
+        (Some(503), Some("shutdown"))
+    );
+    assert!(p
+        .stderr
+        .lock()
+        .contains("1 request(s) cut with outcome shutdown"));
 }
