@@ -52,18 +52,6 @@ fn clients_seen(up: &TestUpstream) -> usize {
     up.received().len() - checks_seen(up)
 }
 
-/// Polls every 5 ms until `f`, at most `within`; the time it took.
-fn time_until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if f() {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
-}
-
 #[test]
 fn a_hung_upstream_opens_the_breaker_within_fall_checks_not_after_read_timeout() {
     let up = upstream();

@@ -301,18 +301,6 @@ fn queue_waits(logs: &[&str]) -> std::collections::HashMap<String, f64> {
         .collect()
 }
 
-/// Polls every 5 ms until `f`, at most `within`; the time it took.
-fn time_until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if f() {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
-}
-
 fn sleep_until(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }

@@ -334,6 +334,18 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Polls every 5 ms until `f`, at most `within`; the time it took.
+pub fn time_until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
 /// Requests a worker holds now (`active_requests`).
 pub fn active(addr: SocketAddr) -> u64 {
     metrics(addr)["active_requests"].as_u64().unwrap()
