@@ -151,14 +151,31 @@ impl<T> Queue<T> {
 
     /// The next item (`policy/fair.rs`), waiting at most `timeout` for one; counted in its
     /// group's workers while the `Serving` lives.
+    #[cfg(test)]
     pub fn pop_timeout(&self, timeout: Duration) -> Option<(Serving<'_, T>, T)> {
+        self.pop_or_sleep(timeout, || {})
+    }
+
+    /// `pop_timeout`, calling `sleeping` (outside the queue's lock) once, if the worker goes to
+    /// sleep for want of an item: the worker gives back what it keeps for its own next
+    /// request (its idle upstream connection, `upstream/pool.rs`).
+    pub fn pop_or_sleep(
+        &self,
+        timeout: Duration,
+        sleeping: impl FnOnce(),
+    ) -> Option<(Serving<'_, T>, T)> {
         self.running.fetch_sub(1, SeqCst);
-        let item = self.pop_waiting(timeout);
+        let item = self.pop_waiting(timeout, sleeping);
         self.running.fetch_add(1, SeqCst);
         item
     }
 
-    fn pop_waiting(&self, timeout: Duration) -> Option<(Serving<'_, T>, T)> {
+    fn pop_waiting(
+        &self,
+        timeout: Duration,
+        sleeping: impl FnOnce(),
+    ) -> Option<(Serving<'_, T>, T)> {
+        let mut sleeping = Some(sleeping);
         let deadline = Instant::now() + timeout;
         let me = ME.with(Arc::clone);
         let mut stacked = false;
@@ -184,6 +201,9 @@ impl<T> Queue<T> {
             }
             self.mirror(&inner);
             drop(inner);
+            if let Some(f) = sleeping.take() {
+                f();
+            }
             std::thread::park_timeout(deadline - now);
             inner = self.lock();
         }

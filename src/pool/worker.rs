@@ -26,6 +26,7 @@ use crate::upstream::agent::UpstreamClient;
 use crate::upstream::attempt::forward;
 use crate::upstream::cancel::Current;
 use crate::upstream::exchange::{Exchange, COPY_BUFFER};
+use crate::upstream::transport::give_back_idle;
 
 /// What every worker shares.
 #[derive(Clone)]
@@ -72,7 +73,8 @@ fn run(pool: &Pool) {
 /// and counted; the loop (this worker) goes on with the next job.
 fn drain<'q, J>(shared: &Shared, queue: &'q Queue<J>, mut handle: impl FnMut(Serving<'q, J>, J)) {
     loop {
-        let Some((serving, job)) = queue.pop_timeout(Duration::from_millis(500)) else {
+        let popped = queue.pop_or_sleep(Duration::from_millis(500), give_back_idle);
+        let Some((serving, job)) = popped else {
             if shared.stopping() {
                 return;
             }

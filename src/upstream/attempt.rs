@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ureq::http;
 use ureq::{AsSendBody, Body, SendBody};
 
+use super::buffers::OutputSize;
 use super::classify::{cause, classify};
 use super::relay::relay;
 use super::request::{self, with_body, Payload};
@@ -198,7 +199,10 @@ fn attempt_all(
         let left = (attempts > 1).then(|| deadline.left(t));
         let agent = &x.upstream.agent;
         let res = match payload {
-            Payload::Empty => agent.run(timed(agent, with_body(template, ()), left)),
+            Payload::Empty => {
+                let _out = OutputSize::at_most(request::output_for_head(template));
+                agent.run(timed(agent, with_body(template, ()), left))
+            }
             Payload::Buffered(b) => {
                 agent.run(timed(agent, with_body(template, b.as_slice()), left))
             }

@@ -6,11 +6,16 @@
 //!   `RESPONSE_HEAD_MAX`), or a body arriving faster than it is taken, which
 //!   then moves in reads of up to 64 KiB;
 //! - the output buffer (which must hold the longest request line or header line) exists only
-//!   while a request is written: it is freed when the connection waits for the response;
+//!   while a request is written: it is freed when the connection waits for the response. A
+//!   request without a body gets one sized to its head (`OutputSize`), not the whole 16 KiB:
+//!   a new buffer is zeroed, and zeroing 16 KiB per request was a fifth of sluice's
+//!   instructions (docs/PERFORMANCE.md);
 //! - both are freed when the connection goes back to the pool (`release`).
 //!
 //! So a request waiting on a slow upstream holds a few KiB here, not 32, and an idle pooled
 //! connection none (docs/PERFORMANCE.md "Memory").
+
+use std::cell::Cell;
 
 use ureq::unversioned::transport::Buffers;
 
@@ -28,6 +33,33 @@ pub const RESPONSE_HEAD_MAX: usize = INPUT_MAX;
 /// ureq reads a request body into the input buffer's free part before writing it out: at least
 /// this much room is made (ureq's own minimum).
 const MIN_TMP: usize = 10 * 1024;
+
+thread_local! {
+    static OUTPUT_SIZE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// While it lives, the output buffers the worker thread's upstream connections allocate are at
+/// most `size` bytes: set by an attempt that knows how much it will write (a request head with
+/// no body). Restores the size before when dropped.
+pub struct OutputSize(Option<usize>);
+
+impl OutputSize {
+    pub fn at_most(size: usize) -> OutputSize {
+        OutputSize(OUTPUT_SIZE.with(|s| s.replace(Some(size.max(1)))))
+    }
+}
+
+impl Drop for OutputSize {
+    fn drop(&mut self) {
+        OUTPUT_SIZE.with(|s| s.set(self.0));
+    }
+}
+
+/// A new output buffer, zeroed: `size` or the thread's `OutputSize` if smaller.
+fn new_output(size: usize) -> Vec<u8> {
+    let cap = OUTPUT_SIZE.with(Cell::get).unwrap_or(size);
+    vec![0; size.min(cap)]
+}
 
 #[derive(Debug)]
 pub struct SlimBuffers {
@@ -107,7 +139,7 @@ impl SlimBuffers {
 impl Buffers for SlimBuffers {
     fn output(&mut self) -> &mut [u8] {
         if self.output.is_empty() {
-            self.output = vec![0; self.output_size];
+            self.output = new_output(self.output_size);
         }
         &mut self.output
     }
@@ -143,7 +175,7 @@ impl Buffers for SlimBuffers {
         self.shift();
         self.resize_input(self.filled + MIN_TMP);
         if self.output.is_empty() {
-            self.output = vec![0; self.output_size];
+            self.output = new_output(self.output_size);
         }
         (&mut self.input[self.filled..], &mut self.output)
     }
@@ -233,5 +265,19 @@ mod tests {
         let (tmp, out) = b.tmp_and_output();
         assert!(tmp.len() >= MIN_TMP && out.len() == 1024);
         assert_eq!(b.input(), &want[..]);
+    }
+
+    #[test]
+    fn an_output_size_caps_the_buffers_allocated_while_it_lives() {
+        let mut b = SlimBuffers::new(16 * 1024, 8 * 1024);
+        {
+            let _small = OutputSize::at_most(1024);
+            assert_eq!(b.output().len(), 1024);
+            b.release_output();
+            let _larger = OutputSize::at_most(64 * 1024);
+            assert_eq!(b.output().len(), 8 * 1024, "never above the agent's size");
+            b.release_output();
+        }
+        assert_eq!(b.output().len(), 8 * 1024, "restored when dropped");
     }
 }

@@ -69,6 +69,27 @@ pub fn build(
     b.body(()).map_err(|_| Reason::BadRequest)
 }
 
+/// The output buffer a request without a body needs (`buffers::OutputSize`): room for its head
+/// as ureq writes it, with what ureq may add (`Host`, `Content-Length`) and to spare, in whole
+/// KiB, at most `OUTPUT_BUFFER`. A head larger than the buffer would still go out, in more
+/// writes; every line fits, as each is shorter than the head.
+pub fn output_for_head(req: &http::Request<()>) -> usize {
+    let uri = req.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + LINE_OVERHEAD)
+        .sum();
+    let head = req.method().as_str().len() + target + LINE_OVERHEAD + headers + HEAD_SPARE;
+    head.next_multiple_of(1024).min(OUTPUT_BUFFER)
+}
+
+/// What `output_for_head` leaves for what ureq adds: a `Host` line (the target's authority, at
+/// most `MAX_BASE`) and a `Content-Length` line.
+const HEAD_SPARE: usize = MAX_BASE + 2 * LINE_OVERHEAD + 32;
+
 /// The request target as it may travel: the bytes a URI cannot carry raw (`{ } " < > \ ^`,
 /// the backtick, `|`, and every byte >= 0x80) percent-encoded — what the Python service's
 /// `requests` did (`requote_uri`) — and nothing else decoded or re-encoded.
@@ -114,7 +135,42 @@ pub enum Payload {
 
 #[cfg(test)]
 mod tests {
-    use super::requote;
+    use super::{output_for_head, requote, OUTPUT_BUFFER};
+    use ureq::http;
+
+    #[test]
+    fn a_bodiless_requests_output_buffer_holds_its_whole_head_and_what_ureq_adds() {
+        let long = "v".repeat(9000);
+        for (path, headers) in [
+            ("/tiny", vec![("accept", "*/*")]),
+            (
+                "/a?q=1",
+                vec![("x-forwarded-for", "10.0.0.1"), ("x-request-id", "abc")],
+            ),
+            ("/big", vec![("cookie", long.as_str()), ("x-a", "1")]),
+        ] {
+            let mut b =
+                http::Request::builder().uri(format!("http://{}:8888{path}", "h".repeat(253)));
+            let mut written =
+                format!("GET {path} HTTP/1.1\r\nhost: {}:8888\r\n", "h".repeat(253)).len();
+            for (n, v) in &headers {
+                b = b.header(*n, *v);
+                written += n.len() + v.len() + 4;
+            }
+            let req = b.body(()).unwrap();
+            let size = output_for_head(&req);
+            assert!(
+                size >= written + "content-length: 0\r\n\r\n".len(),
+                "{path}: {size}"
+            );
+            assert!(size.is_multiple_of(1024) && size <= OUTPUT_BUFFER);
+        }
+        let plain = http::Request::builder()
+            .uri("http://u:80/tiny")
+            .body(())
+            .unwrap();
+        assert_eq!(output_for_head(&plain), 1024, "a usual head: 1 KiB, not 16");
+    }
 
     #[test]
     fn only_bytes_a_uri_cannot_carry_are_encoded() {

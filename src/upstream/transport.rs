@@ -33,7 +33,7 @@ use ureq::{Error, Timeout};
 
 use super::buffers::{SlimBuffers, INPUT_MAX, RESPONSE_HEAD_MAX};
 use super::cancel::{attach_current, Line};
-use super::pool::{IdleSet, Wire};
+use super::pool::{IdleSet, Own, Wire};
 use crate::runnable::MarkedStream;
 
 /// Opens plain TCP connections for the agent (TLS, when the upstream is https, is chained after),
@@ -66,7 +66,10 @@ impl UpstreamTcp {
     fn reuse(&self, idle: &Arc<IdleSet<Idle>>, output_size: usize) -> Option<TcpConn> {
         let mut closed = Vec::new();
         loop {
-            let taken = idle.take(Instant::now(), &mut closed);
+            let taken = OWN
+                .try_with(|own| idle.take(own, Instant::now(), &mut closed))
+                .ok()
+                .flatten();
             drop(std::mem::take(&mut closed)); // closes them, outside the lock
             let taken = taken?;
             if !probe(taken.line.stream().socket()) {
@@ -196,10 +199,23 @@ impl Drop for TcpConn {
                 read_timeout: self.read_timeout,
                 write_timeout: self.write_timeout,
             };
-            let mut closed = Vec::new();
-            home.put(idle, Instant::now(), &mut closed);
+            let (now, mut closed) = (Instant::now(), Vec::new());
+            // The worker thread keeps it for its next request (a thread that is ending, whose
+            // slot is gone, closes it).
+            let _ = OWN.try_with(|own| home.put(own, idle, now, &mut closed));
         }
     }
+}
+
+thread_local! {
+    /// The idle connection this thread used last, for its next request (`pool.rs`).
+    static OWN: Own<Idle> = const { Own::new() };
+}
+
+/// The worker thread goes to sleep on the queue: the idle connection it kept goes to the shared
+/// set, where the other workers find it (docs/ARCHITECTURE.md "The upstream client").
+pub fn give_back_idle() {
+    let _ = OWN.try_with(Own::give_back);
 }
 
 /// True if nothing can be read from `stream` and it is not closed: no byte the upstream sent
