@@ -46,7 +46,12 @@ pub fn request_id(head: &RequestHead) -> String {
 }
 
 pub fn new_request_id() -> String {
-    format!("{:016x}", crate::rand::next_u64())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = crate::rand::next_u64();
+    (0..16)
+        .rev()
+        .map(|i| char::from(HEX[((n >> (4 * i)) & 0xf) as usize]))
+        .collect()
 }
 
 /// The headers sent upstream: end-to-end headers as received (names and order kept, borrowed
@@ -208,6 +213,9 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a b\r\n\r\n",
         ));
         assert_eq!(made.len(), 16);
+        assert!(made.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let ids: std::collections::HashSet<_> = (0..100).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 100);
         assert!(is_end_to_end("Set-Cookie", &[]));
     }
 }

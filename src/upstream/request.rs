@@ -49,24 +49,33 @@ pub fn build(
     check_encodable(head)?;
     let method =
         http::Method::from_bytes(head.method.as_bytes()).map_err(|_| Reason::BadRequest)?;
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(format!("{base}{}", requote(&head.path)));
+    let uri = format!("{base}{}", requote(&head.path));
+    let uri = http::Uri::try_from(uri).map_err(|_| Reason::BadRequest)?;
+    // Built in place: the `http` builder moves itself (a few hundred bytes) on every header.
+    let mut req = http::Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
     for (name, value) in headers::upstream_request_headers(head, client, request_id, via) {
         if name.len() + value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
             return Err(Reason::HeadersTooLarge); // a merged X-Forwarded-For or Via
         }
-        let value: &[u8] = &value;
-        b = b.header(name, value);
+        let name = http::HeaderName::from_bytes(name.as_bytes());
+        let value = http::HeaderValue::from_bytes(&value);
+        let (Ok(name), Ok(value)) = (name, value) else {
+            return Err(Reason::BadRequest);
+        };
+        headers.append(name, value);
     }
     let has_length = head.header("content-length").is_some();
     if head.framing == Framing::None
         && !has_length
         && matches!(head.method.as_str(), "POST" | "PUT" | "PATCH")
     {
-        b = b.header("content-length", "0"); // else ureq sends an empty chunked body
+        // else ureq sends an empty chunked body
+        headers.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
     }
-    b.body(()).map_err(|_| Reason::BadRequest)
+    Ok(req)
 }
 
 /// The output buffer a request without a body needs (`buffers::OutputSize`): room for its head
