@@ -213,7 +213,9 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a b\r\n\r\n",
         ));
         assert_eq!(made.len(), 16);
-        assert!(made.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(made
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         let ids: std::collections::HashSet<_> = (0..100).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 100);
         assert!(is_end_to_end("Set-Cookie", &[]));

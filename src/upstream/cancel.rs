@@ -25,7 +25,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use ureq::unversioned::transport::ShutdownHandle;
 
 use crate::runnable::MarkedStream;
 
@@ -80,13 +79,6 @@ impl Line {
         if *owner == attempt {
             let _ = self.stream.socket().shutdown(Shutdown::Both);
         }
-    }
-}
-
-/// ureq's own shutdown (of the whole agent, `Agent`'s pool) reaches every socket.
-impl ShutdownHandle for Line {
-    fn shutdown(&self) {
-        let _ = self.stream.socket().shutdown(Shutdown::Both);
     }
 }
 

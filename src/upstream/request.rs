@@ -73,7 +73,10 @@ pub fn build(
         && matches!(head.method.as_str(), "POST" | "PUT" | "PATCH")
     {
         // else ureq sends an empty chunked body
-        headers.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+        headers.append(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from_static("0"),
+        );
     }
     Ok(req)
 }

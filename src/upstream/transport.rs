@@ -26,9 +26,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, NextTimeout, ShutdownHandle, Transport,
-};
+use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, NextTimeout, Transport};
 use ureq::{Error, Timeout};
 
 use super::buffers::{SlimBuffers, INPUT_MAX, RESPONSE_HEAD_MAX};
@@ -44,8 +42,7 @@ pub struct UpstreamTcp {
     idle: Option<Arc<IdleSet<Idle>>>,
 }
 
-/// An idle connection in sluice's pool: its socket (with the handle ureq's shutdown holds) and
-/// the socket timeouts set on it.
+/// An idle connection in sluice's pool: its socket and the socket timeouts set on it.
 pub struct Idle {
     line: Arc<Line>,
     read_timeout: Option<Duration>,
@@ -113,7 +110,6 @@ impl Connector<()> for UpstreamTcp {
                         line.stream().socket().set_nodelay(true)?;
                     }
                     let buffers = SlimBuffers::new(INPUT_MAX, details.config.output_buffer_size());
-                    let handle = Arc::downgrade(&line) as Weak<dyn ShutdownHandle>;
                     let conn = TcpConn {
                         line,
                         buffers,
@@ -124,7 +120,8 @@ impl Connector<()> for UpstreamTcp {
                         reusable: false,
                         home: self.idle.as_ref().map_or_else(Weak::new, Arc::downgrade),
                     };
-                    (details.register_shutdown)(handle)?;
+                    // Not registered for ureq's agent-wide shutdown, which sluice never calls: the
+                    // registry is a list ureq's pool scans under its lock on every request.
                     return Ok(Some(conn));
                 }
                 Err(e)
@@ -167,7 +164,7 @@ fn connect(addr: &SocketAddr, timeout: Option<Duration>) -> io::Result<(Arc<Line
 }
 
 pub struct TcpConn {
-    /// The socket, shared (weakly) with ureq's shutdown handle and a client's `Cancel`.
+    /// The socket, shared (weakly) with a client's `Cancel`.
     line: Arc<Line>,
     buffers: SlimBuffers,
     read_timeout: Option<Duration>,
