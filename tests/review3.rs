@@ -1,6 +1,7 @@
 //! The third review (of the per-worker idle slots in the upstream pool and the head-sized output
-//! buffer): each test shows a defect, and is ignored until it is fixed. Real sluice, the real
-//! test upstream on 127.0.0.1; what the upstream received (which connection carried what).
+//! buffer): each test showed a defect, now fixed — a worker gives its kept idle connection to
+//! the shared set before any call that may block (`pool/marks.rs`). Real sluice, the real test
+//! upstream on 127.0.0.1; what the upstream received (which connection carried what).
 
 mod common;
 
@@ -26,7 +27,6 @@ fn port_of(up: &sluice_tools::upstream::TestUpstream, prefix: &str) -> u16 {
 /// oldest and went; `/b`'s was kept and carried `/c` and `/d` (README "Upstream pool": the
 /// most recently used first, the oldest closed past `pool_maxsize`).
 #[test]
-#[ignore = "defect: a worker busy on a slow request body hoards the pooled connection; every other worker's is closed"]
 fn a_worker_reading_a_slow_body_does_not_stop_pooling_for_the_others() {
     let up = upstream();
     let s = sluice(up.port(), |c| {
@@ -66,7 +66,6 @@ fn a_worker_reading_a_slow_body_does_not_stop_pooling_for_the_others() {
 /// sleeping worker's). docs/ARCHITECTURE.md: "no connection waits in a sleeping worker".
 /// Before the slots, the 503's connection was idle in the shared set and carried `/b` and `/c`.
 #[test]
-#[ignore = "defect: a worker in a retry back-off keeps its idle connection from the others; theirs are closed"]
 fn a_worker_in_a_retry_backoff_does_not_keep_its_idle_connection_from_the_others() {
     let up = upstream();
     let s = sluice(up.port(), |c| {

@@ -17,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use super::handoff::{Back, Client, Job, Parked};
+use super::marks::briefly;
 use super::queue::{Queue, Serving};
 use crate::http::conn::HeadPoll;
 use crate::http::parse::Framing;
@@ -63,7 +64,8 @@ pub fn next<'q>(
         return Next::Back(client);
     }
     let cfg = shared.config();
-    let head = match client.io.await_head(KEEP, cfg.max_header_bytes) {
+    // The wait the worker's kept upstream connection is for: it keeps it (`marks.rs`).
+    let head = match briefly(|| client.io.await_head(KEEP, cfg.max_header_bytes)) {
         HeadPoll::Ready(head) => head,
         HeadPoll::Closed => return Next::Gone,
         HeadPoll::Pending | HeadPoll::Invalid(_) => return Next::Back(client),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::handoff::{Back, Client, Job, Parked};
 use super::keep::{self, Next};
+use super::marks::WorkerMarks;
 use super::queue::{Queue, Serving};
 use crate::answer;
 use crate::http::parse::Framing;
@@ -62,7 +63,7 @@ pub fn run_cap() -> usize {
 
 fn run(pool: &Pool) {
     pool.queue.worker_started();
-    crate::runnable::register(pool.queue.clone());
+    crate::runnable::register(Arc::new(WorkerMarks(pool.queue.clone())));
     let mut scratch = vec![0u8; COPY_BUFFER];
     drain(&pool.shared, &pool.queue, |serving, job| {
         handle(pool, serving, job, &mut scratch)
