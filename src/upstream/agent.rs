@@ -54,13 +54,17 @@ impl Upstream {
             .max_response_header_size(RESPONSE_HEAD_MAX)
             .output_buffer_size(OUTPUT_BUFFER)
             .build();
-        let tcp = if tls {
-            UpstreamTcp::default()
+        let resolver = CachedResolver::new(lookup);
+        // TLS is chained only for an https upstream: ureq boxes each connection it gets as the
+        // connector's output type, and the chain's (an enum of TCP and TLS) is over 1 KiB —
+        // too large for the allocator's per-thread cache, so a lock per request.
+        let agent = if tls {
+            let connector = UpstreamTcp::default().chain(RustlsConnector::default());
+            Agent::with_parts(config, connector, resolver)
         } else {
-            UpstreamTcp::pooled(pool, cfg.pool_idle_timeout)
+            let connector = UpstreamTcp::pooled(pool, cfg.pool_idle_timeout);
+            Agent::with_parts(config, connector, resolver)
         };
-        let connector = tcp.chain(RustlsConnector::default());
-        let agent = Agent::with_parts(config, connector, CachedResolver::new(lookup));
         Upstream {
             agent,
             base: cfg.target_base(),

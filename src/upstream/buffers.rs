@@ -10,7 +10,8 @@
 //!   request without a body gets one sized to its head (`OutputSize`), not the whole 16 KiB:
 //!   a new buffer is zeroed, and zeroing 16 KiB per request was a fifth of sluice's
 //!   instructions (docs/PERFORMANCE.md);
-//! - both are freed when the connection goes back to the pool (`release`).
+//! - both are freed when the connection goes back to the pool (`release`); a first-size input
+//!   buffer is kept by the thread (one per worker) for its next exchange.
 //!
 //! So a request waiting on a slow upstream holds a few KiB here, not 32, and an idle pooled
 //! connection none (docs/PERFORMANCE.md "Memory").
@@ -36,6 +37,9 @@ const MIN_TMP: usize = 10 * 1024;
 
 thread_local! {
     static OUTPUT_SIZE: Cell<Option<usize>> = const { Cell::new(None) };
+    /// One first-size input buffer, freed by this thread's last exchange, for its next: a
+    /// 2 KiB allocation is past the allocator's per-thread cache, so each would take a lock.
+    static SPARE_INPUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// While it lives, the output buffers the worker thread's upstream connections allocate are at
@@ -100,7 +104,10 @@ impl SlimBuffers {
     pub fn release(&mut self) {
         self.release_output();
         if self.consumed == self.filled {
-            self.input = Vec::new();
+            let first = std::mem::take(&mut self.input);
+            if first.len() == INPUT_START {
+                SPARE_INPUT.set(first); // for this thread's next exchange
+            }
             self.filled = 0;
             self.consumed = 0;
             self.grow = false;
@@ -130,6 +137,9 @@ impl SlimBuffers {
     }
 
     fn resize_input(&mut self, len: usize) {
+        if self.input.is_empty() && len == INPUT_START {
+            self.input = SPARE_INPUT.take();
+        }
         if len > self.input.len() {
             self.input.resize(len, 0);
         }
