@@ -6,7 +6,10 @@
 //! a worker holds a kept connection only while it runs: never across a slow request body, a
 //! back-off or a write to a client that does not read. The one wait exempted is the worker's
 //! wait for a kept client's next request (`keep.rs`, at most twice `KEEP`, made inside
-//! `briefly`): the wait the kept connection is for.
+//! `briefly`): the wait the kept connection is for. And a request the worker answers without
+//! the upstream (a refusal, a client gone while queued) gives it back when it ends
+//! (`UnlessForwarded`): a worker serving a kept client's refused requests one after another
+//! never blocks, and must not hold it meanwhile.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -45,6 +48,26 @@ pub fn briefly<T>(f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(BRIEF.with(|b| b.replace(true)));
     f()
+}
+
+/// One request on the worker: when it ends (however: a return, a panic), the worker's kept idle
+/// upstream connection goes to the shared set unless the request was `forwarded` (its attempt
+/// took that connection, or put the one it used back).
+#[derive(Default)]
+pub struct UnlessForwarded(bool);
+
+impl UnlessForwarded {
+    pub fn forwarded(&mut self) {
+        self.0 = true;
+    }
+}
+
+impl Drop for UnlessForwarded {
+    fn drop(&mut self) {
+        if !self.0 {
+            give_back_idle();
+        }
+    }
 }
 
 #[cfg(test)]

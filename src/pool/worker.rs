@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::handoff::{Back, Client, Job, Parked};
 use super::keep::{self, Next};
-use super::marks::WorkerMarks;
+use super::marks::{UnlessForwarded, WorkerMarks};
 use super::queue::{Queue, Serving};
 use crate::answer;
 use crate::http::parse::Framing;
@@ -140,6 +140,7 @@ fn serve(
 ) -> Option<Client> {
     let shared = &*pool.shared;
     let active = Active::new(shared);
+    let mut kept_idle = UnlessForwarded::default();
     let cfg = shared.config();
     let Parked {
         mut client,
@@ -179,6 +180,7 @@ fn serve(
             answer::send(conn, &head, r.reason, rid, r.retry_after, body_done)
         }
         Ok(a) => {
+            kept_idle.forwarded();
             let upstream = pool.upstream.get();
             let probe = a.probe();
             // Set whatever `abort_on_client_close` says: the end of a drain's grace cancels too

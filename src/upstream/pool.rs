@@ -13,7 +13,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,12 @@ pub struct IdleSet<T> {
     /// Idle connections in all, the shared ones and those in threads' `Own` slots: never more
     /// than `max` once a put returns.
     count: AtomicUsize,
+    /// When the shared set's oldest connection reaches `timeout`, in nanoseconds since `base`
+    /// (`u64::MAX`: none): a worker that takes or puts its own slot's connection, touching no
+    /// lock, checks it and closes what is due — the shared set is purged whenever a request
+    /// goes by, as if every request touched it.
+    due: AtomicU64,
+    base: Instant,
     max: usize,
     timeout: Duration,
 }
@@ -112,8 +118,22 @@ impl<T> IdleSet<T> {
         IdleSet {
             idle: Mutex::new(VecDeque::new()),
             count: AtomicUsize::new(0),
+            due: AtomicU64::new(u64::MAX),
+            base: Instant::now(),
             max,
             timeout,
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Closes the shared set's too-old connections if one is due (no lock otherwise).
+    fn purge_due(&self, now: Instant, closed: &mut Vec<T>) {
+        if self.nanos(now) >= self.due.load(Relaxed) {
+            let mut idle = self.idle.lock();
+            self.purge(&mut idle, now, closed);
         }
     }
 
@@ -131,6 +151,7 @@ impl<T> IdleSet<T> {
                 Some(home) if Arc::ptr_eq(&home, self) => {
                     self.count.fetch_sub(1, Relaxed);
                     if !self.expired(kept.since, now) {
+                        self.purge_due(now, closed);
                         return Some(kept.item);
                     }
                     closed.push(kept.item);
@@ -155,6 +176,7 @@ impl<T> IdleSet<T> {
             }
             closed.push(item);
         }
+        self.purge(&mut idle, now, closed);
         None
     }
 
@@ -174,6 +196,7 @@ impl<T> IdleSet<T> {
                     None => closed.push(before.item),
                 }
             }
+            self.purge_due(now, closed);
             return;
         }
         // Counted already: the shared set closes the oldest past the maximum.
@@ -199,7 +222,8 @@ impl<T> IdleSet<T> {
         self.purge(&mut idle, now, closed);
     }
 
-    /// Drops the too-old connections from the old end.
+    /// Drops the too-old connections from the old end; notes when the next is due. Every
+    /// change to the shared set ends here.
     fn purge(&self, idle: &mut VecDeque<(T, Instant)>, now: Instant, closed: &mut Vec<T>) {
         while idle
             .front()
@@ -210,6 +234,11 @@ impl<T> IdleSet<T> {
                 closed.push(old);
             }
         }
+        let due = idle.front().map_or(u64::MAX, |(_, since)| {
+            let timeout = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+            self.nanos(*since).saturating_add(timeout)
+        });
+        self.due.store(due, Relaxed);
     }
 
     /// How many connections are idle now, in the shared set and in threads' slots.
@@ -373,6 +402,23 @@ mod tests {
         none.put(&a, 5, t, &mut closed);
         assert_eq!(closed, [1, 2, 3, 5], "pool_maxsize 0 keeps nothing");
         assert!(!a.holds());
+    }
+
+    #[test]
+    fn a_shared_connection_past_the_timeout_is_closed_while_threads_only_use_their_slots() {
+        let set = new_set(10);
+        let t = Instant::now(); // after the set's creation, as every real put is
+        let (busy, idle, mut closed) = (Own::new(), Own::new(), Vec::new());
+        set.put(&idle, "shared", t, &mut closed);
+        idle.give_back(); // its worker sleeps
+        set.put(&busy, "busy's", t + ms(1000), &mut closed);
+        assert_eq!(set.take(&busy, t + ms(3999), &mut closed), Some("busy's"));
+        set.put(&busy, "busy's", t + ms(3999), &mut closed);
+        assert!(closed.is_empty(), "not due yet");
+        assert_eq!(set.take(&busy, t + ms(4000), &mut closed), Some("busy's"));
+        assert_eq!(closed, ["shared"], "due at 4 s: closed by a slot's take");
+        set.put(&busy, "busy's", t + ms(4001), &mut closed);
+        assert_eq!(set.len(), 1);
     }
 
     #[test]
