@@ -93,7 +93,7 @@ pub fn upstream_request_headers<'a>(
         }
         list.extend_from_slice(h.value.trim_ascii());
     }
-    append(&mut xff, client.to_string().as_bytes());
+    append(&mut xff, &ip_text(client));
     out.push(("x-forwarded-for", Cow::Owned(xff)));
     if via {
         append(&mut via_list, via_entry(head.http10));
@@ -113,6 +113,28 @@ pub fn via_entry(http10: bool) -> &'static [u8] {
     }
 }
 
+/// An address as text, as `Display` writes it; an IPv4 one without the formatting machinery
+/// (which cost more than the rest of the header rules together).
+fn ip_text(ip: IpAddr) -> Vec<u8> {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string().into_bytes();
+    };
+    let mut out = Vec::with_capacity(15);
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        if o >= 100 {
+            out.push(b'0' + o / 100);
+        }
+        if o >= 10 {
+            out.push(b'0' + o / 10 % 10);
+        }
+        out.push(b'0' + o % 10);
+    }
+    out
+}
+
 /// Appends `item` to a comma-separated list.
 pub fn append(list: &mut Vec<u8>, item: &[u8]) {
     if !list.is_empty() {
@@ -125,6 +147,26 @@ pub fn append(list: &mut Vec<u8>, item: &[u8]) {
 mod tests {
     use super::*;
     use crate::http::parse::parse_head;
+
+    #[test]
+    fn an_address_is_written_as_display_writes_it() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.9.99",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string().into_bytes());
+        }
+        for o in 0..=255u8 {
+            let ip = IpAddr::from([o, 0, 255 - o, 7]);
+            assert_eq!(ip_text(ip), ip.to_string().into_bytes());
+        }
+    }
 
     fn head(raw: &str) -> RequestHead {
         parse_head(raw.as_bytes(), 65536).unwrap().unwrap().0

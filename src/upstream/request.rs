@@ -49,19 +49,33 @@ pub fn build(
     check_encodable(head)?;
     let method =
         http::Method::from_bytes(head.method.as_bytes()).map_err(|_| Reason::BadRequest)?;
-    let uri = format!("{base}{}", requote(&head.path));
+    let path = requote(&head.path);
+    let mut uri = String::with_capacity(base.len() + path.len());
+    uri.push_str(base);
+    uri.push_str(&path);
     let uri = http::Uri::try_from(uri).map_err(|_| Reason::BadRequest)?;
     // Built in place: the `http` builder moves itself (a few hundred bytes) on every header.
     let mut req = http::Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
-    let headers = req.headers_mut();
-    for (name, value) in headers::upstream_request_headers(head, client, request_id, via) {
+    let list = headers::upstream_request_headers(head, client, request_id, via);
+    // Every value in one buffer, each header's a slice of it: one allocation for all, and the
+    // copy each attempt takes (`with_body`) counts references instead of copying.
+    let mut values = Vec::with_capacity(list.iter().map(|(_, v)| v.len()).sum());
+    for (name, value) in &list {
         if name.len() + value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
             return Err(Reason::HeadersTooLarge); // a merged X-Forwarded-For or Via
         }
-        let name = http::HeaderName::from_bytes(name.as_bytes());
-        let value = http::HeaderValue::from_bytes(&value);
+        values.extend_from_slice(value);
+    }
+    let values = bytes::Bytes::from(values);
+    let headers = req.headers_mut();
+    let mut at = 0;
+    for (name, value) in &list {
+        let value = values.slice(at..at + value.len());
+        at += value.len();
+        let name = header_name(name);
+        let value = http::HeaderValue::from_maybe_shared(value);
         let (Ok(name), Ok(value)) = (name, value) else {
             return Err(Reason::BadRequest);
         };
@@ -79,6 +93,17 @@ pub fn build(
         );
     }
     Ok(req)
+}
+
+/// A header name for `http`: the ones sluice adds are static (no allocation, and nothing to
+/// copy when each attempt clones the head); `http` knows the standard ones; the rest are
+/// parsed (and allocated).
+fn header_name(name: &str) -> Result<http::HeaderName, http::header::InvalidHeaderName> {
+    Ok(match name {
+        "x-forwarded-for" => http::HeaderName::from_static("x-forwarded-for"),
+        "x-request-id" => http::HeaderName::from_static("x-request-id"),
+        _ => return http::HeaderName::from_bytes(name.as_bytes()),
+    })
 }
 
 /// The output buffer a request without a body needs (`buffers::OutputSize`): room for its head
