@@ -1,11 +1,11 @@
 //! The TCP transport of the upstream agent: what ureq's own does (connect under the connect
 //! timeout, Nagle off, reads and writes under ureq's timeouts, EINTR retried) with a cheaper
 //! liveness probe, and sluice's idle pool beneath ureq (docs/ARCHITECTURE.md "The upstream
-//! client"). ureq asks `is_open` only when it would pool a connection; its own pool holds
-//! nothing, so it drops the connection right after, and a connection dropped in that state goes
-//! to sluice's idle set (`pool.rs`; `Drop`), from which the connector takes the most recently
-//! used one before it connects. That ask is answered "open" at once; the probe, one
-//! `recv(MSG_PEEK | MSG_DONTWAIT)`, runs when the connection is taken, before any request is
+//! client"). ureq asks `is_open` only when it would pool a connection; sluice answers "not
+//! open" (no syscall), so ureq drops it at once without touching its own pool or its lock, and
+//! a connection dropped in that state goes to sluice's idle set (`pool.rs`; `Drop`): the
+//! worker's own slot, from which the connector takes it first before it connects. The probe,
+//! one `recv(MSG_PEEK | MSG_DONTWAIT)`, runs when a connection is taken, before any request is
 //! written. Socket timeouts are set only when they change by more than 1 % (ureq's read timeout
 //! is the time left, so it changes on every request); see `keep_close`. The connect is sluice's
 //! own (non-blocking, then a wait) so that the socket is attached to the worker's current
@@ -14,7 +14,9 @@
 //! client's hang-up can cancel its own attempt and never another's (`cancel.rs`). Its buffers
 //! are held only while used (`buffers.rs`). A `ReadBy` ends every read of the worker thread by
 //! an instant (a retried 502–504 read whole within the request's deadline).
-//! An https upstream's connections (TLS above this transport) stay in ureq's own pool, where a second ask, when one is taken, reads the socket. Its socket is a `MarkedStream`: every connect,
+//! An https upstream's connections (TLS above this transport) stay in ureq's own pool: for
+//! them the first ask is answered "open", and a second, when one is taken, reads the socket.
+//! Its socket is a `MarkedStream`: every connect,
 //! read and write is marked as a call that may block (`runnable.rs`).
 
 use std::cell::Cell;
@@ -357,11 +359,16 @@ impl Transport for TcpConn {
     }
 
     /// Open means: nothing to read and no end of stream. Any byte the upstream sent unasked, or
-    /// its close, makes the connection unfit for another request. ureq asks twice between two
-    /// requests — when the connection goes back to its pool, right after a response, and when
-    /// it is taken for the next request — with no I/O between: the first ask is answered
-    /// "open" without a syscall, the second (which always comes before a request is written)
-    /// reads the socket.
+    /// its close, makes the connection unfit for another request. ureq asks when a response
+    /// is read to its end on a keep-alive connection with no unread input — the moment it
+    /// would put the connection into its pool — and, for an https upstream (whose TLS sessions
+    /// stay in ureq's pool), again when it takes one out, with no I/O between: the first ask
+    /// is answered without a syscall, the second (before a request is written) reads the socket.
+    ///
+    /// A connection of sluice's pool (plain http) is answered "not open" at that first ask:
+    /// ureq then drops it at once, without taking its pool's lock (it would only have dropped
+    /// it under that lock, its pool holding none), and the drop puts it into sluice's idle set
+    /// (`reusable`, `Drop`).
     fn is_open(&mut self) -> bool {
         // Between two requests: no client's hang-up may reach this socket until an attempt
         // uses it again (`cancel.rs`).
@@ -375,7 +382,8 @@ impl Transport for TcpConn {
             probe(self.line.stream().socket())
         };
         self.reusable = open;
-        open
+        let sluices = self.home.strong_count() > 0;
+        open && !sluices
     }
 }
 
