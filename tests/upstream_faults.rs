@@ -161,6 +161,8 @@ fn response_heads_up_to_64_kib_pass_and_a_longer_one_never_opens_the_breaker() {
         r.assert_sluice_error(502, "upstream_error");
         assert!(r.text().contains("over 128 header fields"), "{}", r.text());
     }
+    // The worker records a request just after its answer is written: wait until it is idle.
+    assert!(eventually(Duration::from_secs(2), || active(s.addr()) == 0));
     let m = metrics(s.addr());
     assert_eq!(m["circuit_state"], "closed", "{m}");
     assert_eq!(m["consecutive_failures"], 0, "{m}");
