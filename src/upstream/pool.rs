@@ -147,20 +147,20 @@ impl<T> IdleSet<T> {
     /// caller to drop once the lock is released.
     pub fn take(self: &Arc<Self>, own: &Own<T>, now: Instant, closed: &mut Vec<T>) -> Option<T> {
         if let Some(kept) = own.0.take() {
-            match kept.home.upgrade() {
-                Some(home) if Arc::ptr_eq(&home, self) => {
-                    self.count.fetch_sub(1, Relaxed);
-                    if !self.expired(kept.since, now) {
-                        self.purge_due(now, closed);
-                        return Some(kept.item);
-                    }
-                    closed.push(kept.item);
+            // This set's own (the usual case) is known by address, with no atomic on the set's
+            // shared counts: a `Weak` keeps its allocation, so no other set can share it.
+            if std::ptr::eq(kept.home.as_ptr(), Arc::as_ptr(self)) {
+                self.count.fetch_sub(1, Relaxed);
+                if !self.expired(kept.since, now) {
+                    self.purge_due(now, closed);
+                    return Some(kept.item);
                 }
-                Some(home) => {
+                closed.push(kept.item);
+            } else {
+                if let Some(home) = kept.home.upgrade() {
                     home.count.fetch_sub(1, Relaxed);
-                    closed.push(kept.item);
                 }
-                None => closed.push(kept.item),
+                closed.push(kept.item);
             }
         }
         self.take_shared(now, closed)
