@@ -136,17 +136,28 @@ def parse_wrk(text):
     }
 
 
-def wrk(url, conns):
-    threads = "2"
+def wrk_args(conns, close):
+    """`close`: every request on a new connection (`Connection: close`), as a client without a
+    session (`requests.get()`) does."""
+    return ["wrk", "-t", "2", "-c", str(conns)] + (["-H", "Connection: close"] if close else [])
+
+
+def warm_up(url, conns, close):
     if WARMUP:
-        subprocess.run(["wrk", "-t", threads, "-c", str(conns), "-d", f"{WARMUP}s", url], capture_output=True)
-    out = subprocess.run(["wrk", "-t", threads, "-c", str(conns), "-d", f"{SECONDS}s", "--latency", "--timeout", "5s", url], capture_output=True, text=True).stdout
+        subprocess.run(wrk_args(conns, close) + ["-d", f"{WARMUP}s", url], capture_output=True)
+
+
+def wrk(url, conns, close):
+    out = subprocess.run(wrk_args(conns, close) + ["-d", f"{SECONDS}s", "--latency", "--timeout", "5s", url],
+                         capture_output=True, text=True).stdout
     return parse_wrk(out)
 
 
-def measure(url, conns, pids):
+def measure(url, conns, pids, close=False):
+    # The CPU is counted over the measured run only: the warm-up's requests are not in its count.
+    warm_up(url, conns, close)
     before = cpu_ticks(pids)
-    r = wrk(url, conns)
+    r = wrk(url, conns, close)
     r["cpu_us"] = (cpu_ticks(pids) - before) / TICK / max(r["requests"], 1) * 1e6 if pids else None
     r["rss"] = peak_rss_kib(pids) if pids else None
     return r
@@ -216,6 +227,7 @@ def main():
             ("tiny responses, 50 conns", fast_port, tiny, 50, (100, 200)),
             ("tiny responses, 50 conns, 16 workers", fast_port, tiny, 50, (16, 1024)),
             ("tiny responses, 200 conns", fast_port, tiny, 200, (100, 200)),
+            ("tiny responses, 50 conns, a new connection each", fast_port, tiny, 50, (100, 200)),
             ("1 MiB responses, 20 conns", fast_port, big, 20, (100, 200)),
             ("50 ms upstream, 200 conns", slow_port, "/slow?delay_ms=50", 200, (200, 1024)),
             ("1 s upstream, 2000 conns", slow_port, "/slow?delay_ms=1000", 2000, (2000, 2000)),
@@ -226,19 +238,20 @@ def main():
         for name, up, path, conns, (workers, queue) in scenarios:
             if only and only not in name:
                 continue
+            close = "new connection" in name
             res = {}
             if up != dead_port:
-                res["direct"] = measure(f"http://127.0.0.1:{up}{path}", conns, [])
+                res["direct"] = measure(f"http://127.0.0.1:{up}{path}", conns, [], close)
                 if os.path.exists(os.path.join(REL, "bench-bound")):
                     p, port = start_bound(up)
-                    res["bound"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid))
+                    res["bound"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid), close)
                     stop(p)
             p, port = start_sluice(up, workers, queue)
-            res["sluice"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid))
+            res["sluice"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid), close)
             stop(p)
             if have_nginx:
                 p, port = start_nginx_proxy(d, up)
-                res["nginx"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid))
+                res["nginx"] = measure(f"http://127.0.0.1:{port}{path}", conns, tree(p.pid), close)
                 stop(p)
             rows.append((name, res))
             print(f"done: {name}", file=sys.stderr)

@@ -196,6 +196,43 @@ fn put_with_a_small_body_is_replayed_intact() {
 }
 
 #[test]
+fn every_attempt_sends_the_same_head_and_body() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_retries = 2);
+    let r = send(
+        s.addr(),
+        b"PUT /doc/caf\xc3\xa9?q={1}&reset=1 HTTP/1.1\r\nHost: t\r\nX-Custom: a\r\nX-Forwarded-For: 10.0.0.9\r\n\
+          X-Custom: b\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    r.assert_sluice_error(502, "upstream_error");
+    let got = up.received();
+    assert_eq!(got.len(), 3, "tried 1 + max_retries times");
+    let first = &got[0];
+    assert_eq!(first.method, "PUT");
+    assert_eq!(first.target, "/doc/caf%C3%A9?q=%7B1%7D&reset=1");
+    assert_eq!(
+        first.header("x-forwarded-for").as_deref(),
+        Some("10.0.0.9, 127.0.0.1")
+    );
+    let customs: Vec<_> = first
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-custom"))
+        .collect();
+    assert_eq!(customs.len(), 2, "{:?}", first.headers);
+    let id = first.header("x-request-id").expect("an id");
+    for again in &got[1..] {
+        assert_eq!(
+            (&again.method, &again.target, &again.headers),
+            (&first.method, &first.target, &first.headers),
+            "a retry is the same request"
+        );
+        assert_eq!(again.body_prefix, b"hello");
+    }
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()));
+}
+
+#[test]
 fn stale_pooled_connections_are_retried_transparently() {
     let up = upstream();
     let s = sluice(up.port(), |c| c.max_concurrent_requests = 1);

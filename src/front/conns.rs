@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::http::conn::recv_now;
 use crate::http::parse::RequestHead;
 use crate::policy::fair::Group;
+use crate::policy::headers::RequestId;
 use crate::pool::handoff::Client;
 use crate::state::InProgress;
 
@@ -46,7 +47,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// A request waiting for its (small) body to arrive whole.
 pub(super) struct Pending {
     pub head: RequestHead,
-    pub request_id: String,
+    pub request_id: RequestId,
     pub started: Instant,
     pub in_progress: InProgress,
     /// Its client group (`client_key`).

@@ -30,8 +30,12 @@ impl ReadBuf {
         let fresh = &data[from..];
         let (seen, new) = data.split_at(self.scanned.min(data.len()));
         let line_ended_now = !seen.contains(&b'\n') && new.contains(&b'\n');
-        let head_ended =
-            fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n");
+        // A head that ends the bytes read (the usual case: one request per read) is seen
+        // without scanning them byte by byte.
+        let head_ended = fresh.ends_with(b"\n\r\n")
+            || fresh.ends_with(b"\n\n")
+            || fresh.windows(2).any(|w| w == b"\n\n")
+            || fresh.windows(3).any(|w| w == b"\n\r\n");
         self.scanned = data.len();
         let over_line = !data.contains(&b'\n') && data.len() > super::parse::MAX_REQUEST_LINE;
         if !(head_ended || line_ended_now || over_line || data.len() >= max_head) {

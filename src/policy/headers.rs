@@ -35,23 +35,74 @@ pub fn is_end_to_end(name: &str, tokens: &[String]) -> bool {
         && !tokens.iter().any(|t| name.eq_ignore_ascii_case(t))
 }
 
-/// A client's request id is kept if it is short printable ASCII; else sluice makes one.
-pub fn request_id(head: &RequestHead) -> String {
-    match head.header("x-request-id") {
-        Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
-            String::from_utf8_lossy(v).into_owned()
-        }
-        _ => new_request_id(),
+/// The longest client `X-Request-Id` kept (a longer one is replaced by sluice's own).
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A request's id, held inline: it is made where the head is read (often the front end) and
+/// dropped by the worker, and an allocation freed on another thread costs the allocator a lock.
+/// Only printable ASCII, at most `MAX_REQUEST_ID` bytes.
+#[derive(Clone)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; MAX_REQUEST_ID],
+}
+
+impl RequestId {
+    /// `id` if it is a request id sluice keeps: 1 to `MAX_REQUEST_ID` printable ASCII bytes.
+    fn of(id: &[u8]) -> Option<RequestId> {
+        let keep =
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(u8::is_ascii_graphic);
+        keep.then(|| {
+            let mut bytes = [0; MAX_REQUEST_ID];
+            bytes[..id.len()].copy_from_slice(id);
+            RequestId {
+                len: id.len() as u8,
+                bytes,
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Printable ASCII only (`of`): always UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
-pub fn new_request_id() -> String {
+impl std::ops::Deref for RequestId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+/// A client's request id is kept if it is short printable ASCII; else sluice makes one.
+pub fn request_id(head: &RequestHead) -> RequestId {
+    head.header("x-request-id")
+        .and_then(RequestId::of)
+        .unwrap_or_else(new_request_id)
+}
+
+/// 16 random hex digits.
+pub fn new_request_id() -> RequestId {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = crate::rand::next_u64();
-    (0..16)
-        .rev()
-        .map(|i| char::from(HEX[((n >> (4 * i)) & 0xf) as usize]))
-        .collect()
+    let mut bytes = [0u8; MAX_REQUEST_ID];
+    for (i, digit) in bytes[..16].iter_mut().enumerate() {
+        *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    RequestId { len: 16, bytes }
 }
 
 /// The headers sent upstream: end-to-end headers as received (names and order kept, borrowed
@@ -248,9 +299,19 @@ mod tests {
         assert_eq!(
             request_id(&head(
                 "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\n\r\n"
-            )),
+            ))
+            .as_str(),
             "abc-123"
         );
+        let longest = "i".repeat(MAX_REQUEST_ID);
+        let raw = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: {longest}\r\n\r\n");
+        assert_eq!(
+            request_id(&head(&raw)).as_str(),
+            longest,
+            "up to 128 bytes kept"
+        );
+        let raw = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: {longest}i\r\n\r\n");
+        assert_eq!(request_id(&head(&raw)).len(), 16, "a longer one replaced");
         let made = request_id(&head(
             "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a b\r\n\r\n",
         ));
@@ -258,7 +319,8 @@ mod tests {
         assert!(made
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        let ids: std::collections::HashSet<_> = (0..100).map(|_| new_request_id()).collect();
+        let ids: std::collections::HashSet<_> =
+            (0..100).map(|_| new_request_id().to_string()).collect();
         assert_eq!(ids.len(), 100);
         assert!(is_end_to_end("Set-Cookie", &[]));
     }

@@ -16,6 +16,7 @@ use crate::http::conn::ClientConn;
 use crate::http::parse::RequestHead;
 use crate::policy::admission::Ticket;
 use crate::policy::fair::Group;
+use crate::policy::headers::RequestId;
 use crate::state::{InProgress, Shared};
 use crate::upstream::cancel::Cancel;
 
@@ -97,7 +98,7 @@ impl Drop for Client {
 pub struct Parked {
     pub client: Client,
     pub head: RequestHead,
-    pub request_id: String,
+    pub request_id: RequestId,
     /// When its head was parsed: response time and queue wait count from here.
     pub started: Instant,
     pub in_progress: InProgress,

@@ -16,7 +16,7 @@ use ureq::{AsSendBody, Body, SendBody};
 use super::buffers::OutputSize;
 use super::classify::{cause, classify};
 use super::relay::relay;
-use super::request::{self, with_body, Payload};
+use super::request::{self, Payload};
 use crate::answer;
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::conn::ClientConn;
@@ -54,7 +54,7 @@ pub fn forward(
 ) -> Finished {
     let (head, rid) = (x.head, x.request_id);
     let who = (conn.peer.ip(), rid);
-    let template = match request::build(&x.upstream.base, head, who, x.cfg.request_via) {
+    let first = match request::build(&x.upstream.base, head, who, x.cfg.request_via) {
         Ok(t) => t,
         Err(reason) => return answer::send(conn, head, reason, rid, None, false),
     };
@@ -107,7 +107,10 @@ pub fn forward(
     x.shared.budget.lock().deposit();
     // The upstream waits on the client's pace: its body is streamed as it arrives.
     let client_paced = matches!(payload, Payload::Streamed) && !in_buffer;
-    let (ended, attempts, upstream_time) = attempt_all(x, &template, &payload, &mut body);
+    // A retry builds the request again (the same head, the same id): the first attempt takes
+    // this one whole instead of a copy.
+    let rebuild = || request::build(&x.upstream.base, head, who, x.cfg.request_via);
+    let (ended, attempts, upstream_time) = attempt_all(x, (first, &rebuild), &payload, &mut body);
     let (body_done, bytes_in, body_failure) = (body.is_complete(), body.read, body.failure);
     drop((body, reading));
     verdict.report(match &ended {
@@ -172,11 +175,15 @@ fn payload(head: &RequestHead, body: &mut RequestBody<'_>) -> Result<Payload, Bo
     }
 }
 
-/// Runs attempts until one succeeds or the retry policy says stop. Returns how it ended, the
-/// number of attempts and the time spent in them (backoff waits not counted).
+/// Runs attempts until one succeeds or the retry policy says stop: the first with `first`, each
+/// other with the request `rebuild` makes. Returns how it ended, the number of attempts and the
+/// time spent in them (backoff waits not counted).
 fn attempt_all(
     x: &Exchange<'_>,
-    template: &http::Request<()>,
+    (first, rebuild): (
+        http::Request<()>,
+        &dyn Fn() -> Result<http::Request<()>, Reason>,
+    ),
     payload: &Payload,
     body: &mut RequestBody<'_>,
 ) -> (Attempts, u32, Duration) {
@@ -187,6 +194,8 @@ fn attempt_all(
     // The last 502–504 an attempt got and sluice read whole: the answer if no later attempt
     // gets one.
     let mut last_answer = None;
+    // Moved into each attempt; every way back to the loop's top sets the next one.
+    let mut request = first;
     let ended = loop {
         attempts += 1;
         x.shared.metrics.upstream_attempts.fetch_add(1, Relaxed);
@@ -200,18 +209,16 @@ fn attempt_all(
         let agent = &x.upstream.agent;
         let res = match payload {
             Payload::Empty => {
-                let _out = OutputSize::at_most(request::output_for_head(template));
-                agent.run(timed(agent, with_body(template, ()), left))
+                let _out = OutputSize::at_most(request::output_for_head(&request));
+                agent.run(timed(agent, request, left))
             }
-            Payload::Buffered(b) => {
-                agent.run(timed(agent, with_body(template, b.as_slice()), left))
-            }
+            Payload::Buffered(b) => agent.run(timed(agent, request.map(|()| b.as_slice()), left)),
             Payload::Streamed => {
                 let mut reader = Watched {
                     body: &mut *body,
                     x,
                 };
-                let req = with_body(template, SendBody::from_reader(&mut reader));
+                let req = request.map(|()| SendBody::from_reader(&mut reader));
                 agent.run(timed(agent, req, left))
             }
         };
@@ -250,6 +257,10 @@ fn attempt_all(
                 // The upstream closed the idle connection: once more at once, on a new one.
                 (stale_retried, fresh) = (true, true);
                 drop((res, attempt));
+                match rebuild() {
+                    Ok(r) => request = r,
+                    Err(_) => break Attempts::Failed(failure, detail),
+                }
                 continue;
             }
         }
@@ -291,6 +302,10 @@ fn attempt_all(
             x.request_id
         );
         drop(attempt);
+        match rebuild() {
+            Ok(r) => request = r,
+            Err(_) => break Attempts::Failed(failure, detail),
+        }
         if backoff(x, delay) {
             break Attempts::ClientGone; // hung up during the back-off: no further attempt
         }

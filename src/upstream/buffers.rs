@@ -11,7 +11,8 @@
 //!   a new buffer is zeroed, and zeroing 16 KiB per request was a fifth of sluice's
 //!   instructions (docs/PERFORMANCE.md);
 //! - both are freed when the connection goes back to the pool (`release`); a first-size input
-//!   buffer is kept by the thread (one per worker) for its next exchange.
+//!   buffer and an output buffer of at most 4 KiB are kept by the thread (one of each per
+//!   worker) for its next exchange, so that a usual request allocates and zeroes neither.
 //!
 //! So a request waiting on a slow upstream holds a few KiB here, not 32, and an idle pooled
 //! connection none (docs/PERFORMANCE.md "Memory").
@@ -40,7 +41,14 @@ thread_local! {
     /// One first-size input buffer, freed by this thread's last exchange, for its next: a
     /// 2 KiB allocation is past the allocator's per-thread cache, so each would take a lock.
     static SPARE_INPUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// The output buffer of this thread's last exchange, if at most `SPARE_OUTPUT_MAX`, for its
+    /// next: not allocated and zeroed again per request.
+    static SPARE_OUTPUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
+
+/// The largest output buffer a thread keeps for its next exchange (a usual request head's is
+/// 1 KiB: `OutputSize`); a larger one is freed, so that a worker holds at most this much.
+const SPARE_OUTPUT_MAX: usize = 4 * 1024;
 
 /// While it lives, the output buffers the worker thread's upstream connections allocate are at
 /// most `size` bytes: set by an attempt that knows how much it will write (a request head with
@@ -59,10 +67,18 @@ impl Drop for OutputSize {
     }
 }
 
-/// A new output buffer, zeroed: `size` or the thread's `OutputSize` if smaller.
+/// An output buffer of `size` bytes or the thread's `OutputSize` if smaller: the thread's spare
+/// if that is at least as large (its old bytes are never sent: only what ureq writes is), else a
+/// new one, zeroed.
 fn new_output(size: usize) -> Vec<u8> {
     let cap = OUTPUT_SIZE.with(Cell::get).unwrap_or(size);
-    vec![0; size.min(cap)]
+    let want = size.min(cap);
+    let spare = SPARE_OUTPUT.take();
+    if spare.len() >= want {
+        return spare;
+    }
+    SPARE_OUTPUT.set(spare);
+    vec![0; want]
 }
 
 #[derive(Debug)]
@@ -94,9 +110,20 @@ impl SlimBuffers {
         }
     }
 
-    /// The request is written: its buffer is not needed until the next one.
+    /// The request is written: its buffer is not needed until the next one (a small one is
+    /// kept by the thread for its next exchange).
     pub fn release_output(&mut self) {
-        self.output = Vec::new();
+        let output = std::mem::take(&mut self.output);
+        if !output.is_empty() && output.len() <= SPARE_OUTPUT_MAX {
+            SPARE_OUTPUT.with(|spare| {
+                let kept = spare.take();
+                spare.set(if kept.len() >= output.len() {
+                    kept
+                } else {
+                    output
+                });
+            });
+        }
     }
 
     /// Between exchanges (the connection goes back to the pool): frees both buffers. Unread
@@ -289,5 +316,35 @@ mod tests {
             b.release_output();
         }
         assert_eq!(b.output().len(), 8 * 1024, "restored when dropped");
+    }
+
+    #[test]
+    fn a_small_output_buffer_is_reused_by_the_threads_next_exchange_a_large_one_is_not() {
+        let _head = OutputSize::at_most(1024);
+        let mut first = SlimBuffers::new(16 * 1024, 16 * 1024);
+        first.output()[..5].copy_from_slice(b"stale");
+        let at = first.output().as_ptr();
+        first.release_output();
+        assert_eq!(first.held(), 0, "the connection holds none while it waits");
+        let mut next = SlimBuffers::new(16 * 1024, 16 * 1024);
+        assert_eq!(
+            next.output().as_ptr(),
+            at,
+            "the same buffer, not a new one zeroed"
+        );
+        assert_eq!(next.output().len(), 1024);
+        next.release_output();
+        drop(_head);
+        let mut large = SlimBuffers::new(16 * 1024, 16 * 1024);
+        assert_eq!(
+            large.output().len(),
+            16 * 1024,
+            "a larger one is made when needed"
+        );
+        large.release_output();
+        assert!(
+            SPARE_OUTPUT.take().len() <= SPARE_OUTPUT_MAX,
+            "and not kept"
+        );
     }
 }

@@ -38,7 +38,7 @@ pub fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
     Ok(())
 }
 
-/// The upstream request without its body, or the reason it cannot be sent (`check_encodable`,
+/// The upstream request without its body (each attempt attaches its own), or the reason it cannot be sent (`check_encodable`,
 /// and anything `http` refuses). `via`: add sluice's `Via` entry (`request_via`).
 pub fn build(
     base: &str,
@@ -59,8 +59,7 @@ pub fn build(
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     let list = headers::upstream_request_headers(head, client, request_id, via);
-    // Every value in one buffer, each header's a slice of it: one allocation for all, and the
-    // copy each attempt takes (`with_body`) counts references instead of copying.
+    // Every value in one buffer, each header's a slice of it: one allocation for all.
     let mut values = Vec::with_capacity(list.iter().map(|(_, v)| v.len()).sum());
     for (name, value) in &list {
         if name.len() + value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
@@ -131,7 +130,13 @@ const HEAD_SPARE: usize = MAX_BASE + 2 * LINE_OVERHEAD + 32;
 /// the backtick, `|`, and every byte >= 0x80) percent-encoded — what the Python service's
 /// `requests` did (`requote_uri`) — and nothing else decoded or re-encoded.
 pub fn requote(target: &str) -> Cow<'_, str> {
-    let must = |b: u8| b >= 0x80 || b"{}\"<>\\^`|".contains(&b);
+    let must = |b: u8| {
+        b >= 0x80
+            || matches!(
+                b,
+                b'{' | b'}' | b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'|'
+            )
+    };
     if !target.bytes().any(must) {
         return Cow::Borrowed(target);
     }
@@ -151,15 +156,6 @@ const MAX_BASE: usize = "https://".len() + 253 + "[]:65535".len();
 
 /// What a request or header line adds to its parts when written: `: `, ` HTTP/1.1`, CRLF.
 const LINE_OVERHEAD: usize = 16;
-
-/// The request `template` with `body` for one attempt.
-pub fn with_body<B>(template: &http::Request<()>, body: B) -> http::Request<B> {
-    let mut req = http::Request::new(body);
-    *req.method_mut() = template.method().clone();
-    *req.uri_mut() = template.uri().clone();
-    *req.headers_mut() = template.headers().clone();
-    req
-}
 
 /// Where the request body comes from on each attempt.
 pub enum Payload {
