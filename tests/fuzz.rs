@@ -85,7 +85,7 @@ fn mutate(rng: &mut Rng) -> Vec<u8> {
 fn exercise(input: &[u8]) {
     if let Ok(Some((head, len))) = parse_head(input, 65536) {
         assert!(len <= input.len());
-        assert!(head.path.starts_with('/') || head.path == "*");
+        assert!(head.path().starts_with('/') || head.path() == "*");
         if head.framing != Framing::None {
             let mut src = BufReader::with_capacity(7, &input[len..]);
             let mut body = RequestBody::new(&mut src, head.framing, 1 << 20);

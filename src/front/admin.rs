@@ -26,17 +26,17 @@ use crate::state::Shared;
 pub fn answer(shared: &Shared, queue: &Queue<Job>, head: &RequestHead) -> (Vec<u8>, bool) {
     let queued = queue.len();
     let keep = keep_alive(head, head.framing == Framing::None, shared.draining());
-    if path_only(&head.path) == DASHBOARD && matches!(head.method.as_str(), "GET" | "HEAD") {
+    if path_only(head.path()) == DASHBOARD && matches!(head.method(), "GET" | "HEAD") {
         return (super::dashboard::answer(head, keep), keep);
     }
-    let (status, ctype, body) = if !matches!(head.method.as_str(), "GET" | "HEAD") {
+    let (status, ctype, body) = if !matches!(head.method(), "GET" | "HEAD") {
         (
             405,
             "application/json",
             json!({"error": "method_not_allowed"}).to_string(),
         )
     } else {
-        match path_only(&head.path) {
+        match path_only(head.path()) {
             HEALTH => {
                 let (status, v) = health(shared, queued);
                 (status, "application/json", v.to_string())

@@ -16,24 +16,77 @@ pub enum Framing {
     Chunked,
 }
 
-/// One header as received: the name's spelling is kept, the value's bytes are kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
+/// One header as received, borrowed from its head: the name's spelling is kept, the value's
+/// bytes are kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    name: &'a str,
+    value: &'a [u8],
 }
 
-/// A parsed, validated request head.
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl<'a> Header<'a> {
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    pub fn value(&self) -> &'a [u8] {
+        self.value
+    }
+}
+
+impl std::fmt::Debug for Header<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {:?}",
+            self.name,
+            String::from_utf8_lossy(self.value)
+        )
+    }
+}
+
+/// A byte range of a head's buffer. `u32`: a head is at most 16 MiB (`max_header_bytes`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Lossless: `RequestHead::new` refuses a head whose buffer would not fit `u32` offsets.
+    fn new(start: usize, end: usize) -> Span {
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// A parsed, validated request head. Its text lives in one buffer, whatever the number of
+/// headers: the method, the target, the path when it is not a piece of the target, then every
+/// header name and every header value, each found by a range (an allocation per header and per
+/// field, freed on another thread than the one that parsed, cost more than the parse itself).
+#[derive(Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// The buffer; header names, method and target are text (httparse validates them), and
+    /// header values are text too unless one has obs-text bytes (see `raw`).
+    text: String,
+    /// Only when a header value is not UTF-8: the same bytes as `text` followed by the values,
+    /// which are then read here (value ranges are the same in both cases).
+    raw: Option<Box<[u8]>>,
+    method: Span,
     /// The request target as the client sent it.
-    pub target: String,
+    target: Span,
     /// What is forwarded: path + query (origin-form), whatever form the client used.
-    pub path: String,
+    path: Span,
+    /// Each header's name and value, in the order received.
+    headers: Vec<(Span, Span)>,
     /// HTTP/1.0 (else HTTP/1.1).
     pub http10: bool,
-    pub headers: Vec<Header>,
     pub framing: Framing,
     /// The client wants the connection kept open after this response.
     pub keep_alive: bool,
@@ -41,24 +94,46 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    pub fn method(&self) -> &str {
+        &self.text[self.method.range()]
+    }
+
+    /// The request target as the client sent it.
+    pub fn target(&self) -> &str {
+        &self.text[self.target.range()]
+    }
+
+    /// What is forwarded: path + query (origin-form), whatever form the client used.
+    pub fn path(&self) -> &str {
+        &self.text[self.path.range()]
+    }
+
+    /// The headers in the order received, duplicates kept.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = Header<'_>> + Clone {
+        let bytes = self.raw.as_deref().unwrap_or(self.text.as_bytes());
+        self.headers.iter().map(move |&(name, value)| Header {
+            name: &self.text[name.range()],
+            value: &bytes[value.range()],
+        })
+    }
+
     /// First value of a header (case-insensitive name), if any.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+            .map(|h| h.value)
     }
 
     /// True for a method whose body may be replayed safely (RFC 9110 idempotent methods).
     pub fn is_idempotent(&self) -> bool {
         matches!(
-            self.method.as_str(),
+            self.method(),
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         )
     }
 
     pub fn is_head(&self) -> bool {
-        self.method == "HEAD"
+        self.method() == "HEAD"
     }
 
     /// True if the client asks to switch this connection to WebSocket (RFC 6455: `Upgrade:
@@ -66,14 +141,129 @@ impl RequestHead {
     /// offers (h2c) are only offers: they are dropped as hop-by-hop and the request is served.
     pub fn wants_websocket(&self) -> bool {
         let has = |name: &str, token: &[u8]| {
-            self.headers
-                .iter()
+            self.headers()
                 .filter(|h| h.name.eq_ignore_ascii_case(name))
                 .flat_map(|h| h.value.split(|&b| b == b','))
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
         };
         has("connection", b"upgrade") && has("upgrade", b"websocket")
     }
+
+    /// Copies the parsed head into its buffer: the text first (method, target, path when it is
+    /// "/" + a piece of the target, names), then the values. Two allocations (the buffer and the
+    /// ranges) when the values are UTF-8 (nearly always), three when one carries obs-text.
+    fn new(
+        line: RequestLine<'_>,
+        headers: &[httparse::Header<'_>],
+        flags: Flags,
+    ) -> Result<RequestHead, HeadError> {
+        let text_len = line.method.len()
+            + line.target.len()
+            + line.extra_path_len()
+            + headers.iter().map(|h| h.name.len()).sum::<usize>();
+        let len = text_len + headers.iter().map(|h| h.value.len()).sum::<usize>();
+        if u32::try_from(len).is_err() {
+            return Err(HeadError::TooLarge);
+        }
+        let mut text = String::with_capacity(len);
+        let (method, target, path) = line.push_to(&mut text);
+        let mut spans: Vec<(Span, Span)> = headers
+            .iter()
+            .map(|h| (push(&mut text, h.name), Span::new(0, 0)))
+            .collect();
+        let mut bytes = text.into_bytes();
+        for (h, (_, value)) in headers.iter().zip(&mut spans) {
+            let start = bytes.len();
+            bytes.extend_from_slice(h.value);
+            *value = Span::new(start, bytes.len());
+        }
+        let (text, raw) = match String::from_utf8(bytes) {
+            Ok(text) => (text, None),
+            Err(e) => {
+                let mut text = String::with_capacity(text_len);
+                line.push_to(&mut text);
+                headers.iter().for_each(|h| text.push_str(h.name));
+                (text, Some(e.into_bytes().into_boxed_slice()))
+            }
+        };
+        Ok(RequestHead {
+            text,
+            raw,
+            method,
+            target,
+            path,
+            headers: spans,
+            http10: flags.http10,
+            framing: flags.framing,
+            keep_alive: flags.keep_alive,
+            expect_continue: flags.expect_continue,
+        })
+    }
+}
+
+impl std::fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("method", &self.method())
+            .field("target", &self.target())
+            .field("path", &self.path())
+            .field("http10", &self.http10)
+            .field("headers", &self.headers().collect::<Vec<_>>())
+            .field("framing", &self.framing)
+            .field("keep_alive", &self.keep_alive)
+            .field("expect_continue", &self.expect_continue)
+            .finish()
+    }
+}
+
+/// The request line's pieces, as checked by `build`.
+#[derive(Clone, Copy)]
+struct RequestLine<'a> {
+    method: &'a str,
+    target: &'a str,
+    path: OriginPath<'a>,
+}
+
+impl RequestLine<'_> {
+    /// Bytes the path takes beyond the target's: only when it is "/" + a piece of the target.
+    fn extra_path_len(&self) -> usize {
+        match self.path {
+            OriginPath::Suffix(_) => 0,
+            OriginPath::Slash(rest) => 1 + rest.len(),
+        }
+    }
+
+    /// Writes method, target and path (if not inside the target) to `text`; their ranges.
+    fn push_to(&self, text: &mut String) -> (Span, Span, Span) {
+        let method = push(text, self.method);
+        let target = push(text, self.target);
+        let path = match self.path {
+            OriginPath::Suffix(rest) => {
+                let end = target.end as usize;
+                Span::new(end - rest.len(), end)
+            }
+            OriginPath::Slash(rest) => {
+                let start = push(text, "/").start as usize;
+                Span::new(start, push(text, rest).end as usize)
+            }
+        };
+        (method, target, path)
+    }
+}
+
+/// Appends `s` to `text`; its range there.
+fn push(text: &mut String, s: &str) -> Span {
+    let start = text.len();
+    text.push_str(s);
+    Span::new(start, text.len())
+}
+
+/// What `build` decided besides the text.
+struct Flags {
+    http10: bool,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
 }
 
 /// Why a head was refused; each maps to one status (400 / 414 / 431).
@@ -89,15 +279,15 @@ pub enum HeadError {
 ///
 /// `Ok(None)` means more bytes are needed. `Ok(Some((head, len)))` consumed `len` bytes.
 pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let line_end = buf.iter().position(|&b| b == b'\n');
-    match line_end {
-        Some(n) if n > MAX_REQUEST_LINE => return Err(HeadError::UriTooLong),
-        None if buf.len() > MAX_REQUEST_LINE => return Err(HeadError::UriTooLong),
-        _ => {}
+    // The request line (up to the first LF) is too long if no LF is among its first bytes; a
+    // shorter buffer cannot hold a line that long, so the usual head is not searched at all.
+    if buf.len() > MAX_REQUEST_LINE && !buf[..=MAX_REQUEST_LINE].contains(&b'\n') {
+        return Err(HeadError::UriTooLong);
     }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    // Uninitialised slots: filling 128 empty ones first cost more than parsing a short head.
+    let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             return if buf.len() >= max_head {
@@ -113,31 +303,25 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
     if len > max_head {
         return Err(HeadError::TooLarge);
     }
-    let method = req.method.unwrap_or_default().to_string();
-    let target = req.path.unwrap_or_default().to_string();
+    let line = RequestLine {
+        method: req.method.unwrap_or_default(),
+        target: req.path.unwrap_or_default(),
+        path: OriginPath::Suffix(""),
+    };
     let http10 = req.version == Some(0);
-    let headers: Vec<Header> = req
-        .headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_string(),
-            value: h.value.to_vec(),
-        })
-        .collect();
-    build(method, target, http10, headers).map(|head| Some((head, len)))
+    build(line, http10, req.headers).map(|head| Some((head, len)))
 }
 
 fn build(
-    method: String,
-    target: String,
+    mut line: RequestLine<'_>,
     http10: bool,
-    headers: Vec<Header>,
+    headers: &[httparse::Header<'_>],
 ) -> Result<RequestHead, HeadError> {
-    if method == "CONNECT" {
+    if line.method == "CONNECT" {
         return Err(HeadError::Bad("CONNECT is not supported"));
     }
-    let path = origin_path(&method, &target)?;
-    let framing = framing(&headers, http10)?;
+    line.path = origin_path(line.method, line.target)?;
+    let framing = framing(headers, http10)?;
     let hosts = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("host"))
@@ -145,7 +329,7 @@ fn build(
     if hosts > 1 || (hosts == 0 && !http10) {
         return Err(HeadError::Bad("exactly one Host header is required"));
     }
-    let host_ok = |h: &&Header| h.value.iter().all(|b| b.is_ascii_graphic());
+    let host_ok = |h: &&httparse::Header<'_>| h.value.iter().all(|b| b.is_ascii_graphic());
     if !headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("host"))
@@ -170,35 +354,44 @@ fn build(
             h.name.eq_ignore_ascii_case("expect")
                 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
         });
-    Ok(RequestHead {
-        method,
-        target,
-        path,
+    let flags = Flags {
         http10,
-        headers,
         framing,
         keep_alive,
         expect_continue,
-    })
+    };
+    RequestHead::new(line, headers, flags)
+}
+
+/// The path + query to forward, as a piece of the target (or "/" + one).
+#[derive(Clone, Copy)]
+enum OriginPath<'a> {
+    /// The path is this suffix of the target (all of it in origin-form).
+    Suffix(&'a str),
+    /// The path is "/" followed by this suffix of the target.
+    Slash(&'a str),
 }
 
 /// The path + query to forward. Absolute-form keeps only its path + query: the host in the URI
 /// never chooses where traffic goes.
-fn origin_path(method: &str, target: &str) -> Result<String, HeadError> {
+fn origin_path<'a>(method: &str, target: &'a str) -> Result<OriginPath<'a>, HeadError> {
     if target.starts_with('/') {
-        return Ok(target.to_string());
+        return Ok(OriginPath::Suffix(target));
     }
     if target == "*" {
         return if method == "OPTIONS" {
-            Ok("*".into())
+            Ok(OriginPath::Suffix(target))
         } else {
             Err(HeadError::Bad("'*' target is only valid with OPTIONS"))
         };
     }
-    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
-    let rest = if lower.starts_with("http://") {
+    let scheme = |s: &str| {
+        let prefix = target.as_bytes().get(..s.len());
+        prefix.is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes()))
+    };
+    let rest = if scheme("http://") {
         &target[7..]
-    } else if lower.starts_with("https://") {
+    } else if scheme("https://") {
         &target[8..]
     } else {
         return Err(HeadError::Bad(
@@ -208,15 +401,15 @@ fn origin_path(method: &str, target: &str) -> Result<String, HeadError> {
     match rest.find(['/', '?']) {
         _ if rest.is_empty() => Err(HeadError::Bad("absolute-form target without a host")),
         Some(0) => Err(HeadError::Bad("absolute-form target without a host")),
-        Some(i) if rest.as_bytes()[i] == b'/' => Ok(rest[i..].to_string()),
-        Some(i) => Ok(format!("/{}", &rest[i..])),
-        None => Ok("/".into()),
+        Some(i) if rest.as_bytes()[i] == b'/' => Ok(OriginPath::Suffix(&rest[i..])),
+        Some(i) => Ok(OriginPath::Slash(&rest[i..])),
+        None => Ok(OriginPath::Slash("")),
     }
 }
 
 /// Body framing per RFC 9112 §6, strictly: anything ambiguous is refused, so that sluice and the
 /// upstream can never disagree on where this request ends.
-fn framing(headers: &[Header], http10: bool) -> Result<Framing, HeadError> {
+fn framing(headers: &[httparse::Header<'_>], http10: bool) -> Result<Framing, HeadError> {
     let mut te: Option<&[u8]> = None;
     let mut cl: Option<u64> = None;
     for h in headers {
@@ -224,13 +417,13 @@ fn framing(headers: &[Header], http10: bool) -> Result<Framing, HeadError> {
             if te.is_some() {
                 return Err(HeadError::Bad("more than one Transfer-Encoding header"));
             }
-            te = Some(&h.value);
+            te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             if cl.is_some() {
                 return Err(HeadError::Bad("more than one Content-Length header"));
             }
             cl = Some(
-                parse_content_length(&h.value).ok_or(HeadError::Bad("invalid Content-Length"))?,
+                parse_content_length(h.value).ok_or(HeadError::Bad("invalid Content-Length"))?,
             );
         }
     }
@@ -258,162 +451,5 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(raw: &str) -> RequestHead {
-        parse_head(raw.as_bytes(), 65536).unwrap().unwrap().0
-    }
-
-    fn bad(raw: &str) -> HeadError {
-        parse_head(raw.as_bytes(), 65536).unwrap_err()
-    }
-
-    #[test]
-    fn parses_a_simple_get_with_keep_alive() {
-        let h = ok("GET /a%2Fb?x=1&y=%20 HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(h.method, "GET");
-        assert_eq!(h.path, "/a%2Fb?x=1&y=%20");
-        assert!(h.keep_alive && !h.http10);
-        assert_eq!(h.framing, Framing::None);
-    }
-
-    #[test]
-    fn partial_head_asks_for_more_and_reports_consumed_length() {
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nHost: h\r\n", 65536),
-            Ok(None)
-        );
-        let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /next";
-        let (_, len) = parse_head(raw, 65536).unwrap().unwrap();
-        assert_eq!(&raw[len..], b"GET /next");
-    }
-
-    #[test]
-    fn http10_keeps_alive_only_when_asked() {
-        assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
-        assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
-        assert!(!ok("GET / HTTP/1.1\r\nHost: h\r\nConnection: foo, close\r\n\r\n").keep_alive);
-    }
-
-    #[test]
-    fn absolute_form_keeps_only_path_and_query() {
-        assert_eq!(
-            ok("GET http://evil.example:9/p?q=1 HTTP/1.1\r\nHost: h\r\n\r\n").path,
-            "/p?q=1"
-        );
-        assert_eq!(
-            ok("GET HTTPS://evil.example HTTP/1.1\r\nHost: h\r\n\r\n").path,
-            "/"
-        );
-        assert_eq!(
-            ok("GET http://evil?q HTTP/1.1\r\nHost: h\r\n\r\n").path,
-            "/?q"
-        );
-        assert_eq!(
-            bad("GET http:/// HTTP/1.1\r\nHost: h\r\n\r\n"),
-            HeadError::Bad("absolute-form target without a host")
-        );
-        assert!(matches!(
-            bad("GET ftp://x/ HTTP/1.1\r\nHost: h\r\n\r\n"),
-            HeadError::Bad(_)
-        ));
-    }
-
-    #[test]
-    fn connect_and_star_are_refused_except_options_star() {
-        assert!(matches!(
-            bad("CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n"),
-            HeadError::Bad(_)
-        ));
-        assert!(matches!(
-            bad("GET * HTTP/1.1\r\nHost: h\r\n\r\n"),
-            HeadError::Bad(_)
-        ));
-        assert_eq!(ok("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").path, "*");
-    }
-
-    #[test]
-    fn ambiguous_framing_is_refused() {
-        for raw in [
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x3\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ] {
-            assert!(matches!(bad(raw), HeadError::Bad(_)), "accepted: {raw:?}");
-        }
-    }
-
-    #[test]
-    fn valid_framing_is_understood() {
-        let h = ok("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n");
-        assert_eq!(h.framing, Framing::Length(12));
-        let h = ok("POST / HTTP/1.1\r\nHost: h\r\ntransfer-encoding:  Chunked \r\n\r\n");
-        assert_eq!(h.framing, Framing::Chunked);
-        let h = ok("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999\r\n\r\n");
-        assert_eq!(h.framing, Framing::Length(99_999_999_999_999));
-    }
-
-    #[test]
-    fn malformed_header_lines_are_refused() {
-        for raw in [
-            "GET / HTTP/1.1\r\nHost : h\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  folded\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\0b\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX(A): 1\r\n\r\n",
-            "GET / HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET / HTTP/2.0\r\nHost: h\r\n\r\n",
-            "GET /\x01 HTTP/1.1\r\nHost: h\r\n\r\n",
-            "G@T / HTTP/1.1\r\nHost: h\r\n\r\n",
-        ] {
-            assert!(matches!(bad(raw), HeadError::Bad(_)), "accepted: {raw:?}");
-        }
-    }
-
-    #[test]
-    fn limits_map_to_414_and_431() {
-        let long = format!(
-            "GET /{} HTTP/1.1\r\nHost: h\r\n\r\n",
-            "a".repeat(MAX_REQUEST_LINE)
-        );
-        assert_eq!(bad(&long), HeadError::UriTooLong);
-        let partial_long = format!("GET /{}", "a".repeat(MAX_REQUEST_LINE + 10));
-        assert_eq!(
-            parse_head(partial_long.as_bytes(), 65536),
-            Err(HeadError::UriTooLong)
-        );
-        let big = format!(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
-            "b".repeat(2000)
-        );
-        assert_eq!(parse_head(big.as_bytes(), 1024), Err(HeadError::TooLarge));
-        let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(
-            bad(&format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n")),
-            HeadError::TooLarge
-        );
-    }
-
-    #[test]
-    fn expect_continue_is_noticed_for_http11_only() {
-        assert!(
-            ok("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
-                .expect_continue
-        );
-        assert!(
-            !ok("PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
-                .expect_continue
-        );
-    }
-}
+#[path = "parse_tests.rs"]
+mod tests;

@@ -120,7 +120,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(parsed.unwrap().path, "/x");
+        assert_eq!(parsed.unwrap().path(), "/x");
         // Once when the request line ends, once when the head does: not once per byte.
         assert_eq!(PARSES.with(Cell::get), 2);
         assert_eq!(&rb.buf[rb.pos..rb.end], b"", "stopped right after the head");

@@ -33,8 +33,8 @@ impl<'a> RequestCtx<'a> {
         queue_wait: Duration,
     ) -> Self {
         RequestCtx {
-            method: &head.method,
-            target: &head.target,
+            method: head.method(),
+            target: head.target(),
             request_id,
             peer,
             started,

@@ -117,32 +117,31 @@ pub fn upstream_request_headers<'a>(
     via: bool,
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
     let tokens = connection_tokens(
-        head.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .map(|h| h.value.as_slice()),
+        head.headers()
+            .filter(|h| h.name().eq_ignore_ascii_case("connection"))
+            .map(|h| h.value()),
     );
     let mut xff: Vec<u8> = Vec::new();
     let mut via_list: Vec<u8> = Vec::new();
-    let mut out = Vec::with_capacity(head.headers.len() + 3);
-    for h in &head.headers {
-        if !is_end_to_end(&h.name, &tokens) {
+    let mut out = Vec::with_capacity(head.headers().len() + 3);
+    for h in head.headers() {
+        if !is_end_to_end(h.name(), &tokens) {
             continue;
         }
-        let list = if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+        let list = if h.name().eq_ignore_ascii_case("x-forwarded-for") {
             &mut xff
-        } else if via && h.name.eq_ignore_ascii_case("via") {
+        } else if via && h.name().eq_ignore_ascii_case("via") {
             &mut via_list
         } else {
-            if !h.name.eq_ignore_ascii_case("x-request-id") {
-                out.push((h.name.as_str(), Cow::Borrowed(h.value.as_slice())));
+            if !h.name().eq_ignore_ascii_case("x-request-id") {
+                out.push((h.name(), Cow::Borrowed(h.value())));
             }
             continue;
         };
         if !list.is_empty() {
             list.extend_from_slice(b", ");
         }
-        list.extend_from_slice(h.value.trim_ascii());
+        list.extend_from_slice(h.value().trim_ascii());
     }
     append(&mut xff, &ip_text(client));
     out.push(("x-forwarded-for", Cow::Owned(xff)));

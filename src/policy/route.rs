@@ -29,11 +29,11 @@ pub fn path_only(target: &str) -> &str {
 
 pub fn route(head: &RequestHead) -> Route {
     if matches!(
-        path_only(&head.path),
+        path_only(head.path()),
         HEALTH | METRICS | PROMETHEUS | DASHBOARD
     ) {
         Route::Admin
-    } else if head.path == "*" {
+    } else if head.path() == "*" {
         Route::OptionsStar
     } else if head.wants_websocket() {
         Route::Upgrade

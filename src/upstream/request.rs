@@ -17,18 +17,18 @@ use crate::policy::reason::Reason;
 /// `Authorization` value that is not visible ASCII. The request line is checked against the
 /// longest upstream base URI there can be, so that the check needs no per-request allocation.
 pub fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
-    if head.method.len() + MAX_BASE + requote(&head.path).len() + LINE_OVERHEAD > OUTPUT_BUFFER {
+    if head.method().len() + MAX_BASE + requote(head.path()).len() + LINE_OVERHEAD > OUTPUT_BUFFER {
         return Err(Reason::UriTooLong);
     }
-    for h in &head.headers {
-        if h.name.len() + h.value.len() + LINE_OVERHEAD > OUTPUT_BUFFER {
+    for h in head.headers() {
+        if h.name().len() + h.value().len() + LINE_OVERHEAD > OUTPUT_BUFFER {
             return Err(Reason::HeadersTooLarge);
         }
         let must_be_text =
-            h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("authorization");
+            h.name().eq_ignore_ascii_case("host") || h.name().eq_ignore_ascii_case("authorization");
         if must_be_text
             && !h
-                .value
+                .value()
                 .iter()
                 .all(|&c| c == b'\t' || (b' '..=b'~').contains(&c))
         {
@@ -48,8 +48,8 @@ pub fn build(
 ) -> Result<http::Request<()>, Reason> {
     check_encodable(head)?;
     let method =
-        http::Method::from_bytes(head.method.as_bytes()).map_err(|_| Reason::BadRequest)?;
-    let path = requote(&head.path);
+        http::Method::from_bytes(head.method().as_bytes()).map_err(|_| Reason::BadRequest)?;
+    let path = requote(head.path());
     let mut uri = String::with_capacity(base.len() + path.len());
     uri.push_str(base);
     uri.push_str(&path);
@@ -83,7 +83,7 @@ pub fn build(
     let has_length = head.header("content-length").is_some();
     if head.framing == Framing::None
         && !has_length
-        && matches!(head.method.as_str(), "POST" | "PUT" | "PATCH")
+        && matches!(head.method(), "POST" | "PUT" | "PATCH")
     {
         // else ureq sends an empty chunked body
         headers.append(

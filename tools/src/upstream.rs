@@ -240,7 +240,7 @@ fn serve(stream: TcpStream, state: &State) {
         };
         state.requests.fetch_add(1, Relaxed);
         let go_on = respond(&mut conn, &head, state, reset_next).unwrap_or(false);
-        reset_next = head.target.contains("reset_next=1");
+        reset_next = head.target().contains("reset_next=1");
         if !go_on {
             return;
         }
@@ -278,12 +278,12 @@ fn respond(
     state: &State,
     reset_now: bool,
 ) -> io::Result<bool> {
-    let p = params(&head.target);
+    let p = params(head.target());
     let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
     let flag = |k: &str| get(k) == Some("1");
 
-    if head.path.starts_with("/__upstream/") {
+    if head.path().starts_with("/__upstream/") {
         return control(conn, head, state, num("status"), num("ms"));
     }
     conn.prepare_body_reads();
@@ -291,12 +291,11 @@ fn respond(
         std::thread::sleep(Duration::from_millis(ms));
     }
     let mut received = Received {
-        method: head.method.clone(),
-        target: head.target.clone(),
+        method: head.method().to_string(),
+        target: head.target().to_string(),
         headers: head
-            .headers
-            .iter()
-            .map(|h| (h.name.clone(), h.value.clone()))
+            .headers()
+            .map(|h| (h.name().to_string(), h.value().to_vec()))
             .collect(),
         body_len: 0,
         body_hash: FNV_START,
@@ -338,7 +337,7 @@ fn respond(
         return Ok(false);
     }
     let hung = state.hang_all.load(Relaxed);
-    if flag("fail_first") && !hung && state.seen.lock().insert(head.target.clone()) {
+    if flag("fail_first") && !hung && state.seen.lock().insert(head.target().to_string()) {
         conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
         return Ok(true);
     }
@@ -351,7 +350,7 @@ fn respond(
             state
                 .closes
                 .lock()
-                .push((head.target.clone(), Instant::now()));
+                .push((head.target().to_string(), Instant::now()));
             return Ok(false);
         }
     }
@@ -361,7 +360,7 @@ fn respond(
         }
         return Ok(false);
     }
-    let again = flag("then_reset") && !state.seen.lock().insert(head.target.clone());
+    let again = flag("then_reset") && !state.seen.lock().insert(head.target().to_string());
     if flag("reset") || reset_now || again {
         reset(conn);
         return Ok(false);
@@ -377,7 +376,7 @@ fn respond(
     let health = state.health_status.load(Relaxed) as u16;
     let status = if fail > 0 {
         fail
-    } else if health > 0 && head.path.split('?').next() == Some("/health") {
+    } else if health > 0 && head.path().split('?').next() == Some("/health") {
         health
     } else {
         num("status").unwrap_or(200) as u16
@@ -507,12 +506,12 @@ fn control(
     status: Option<u64>,
     ms: Option<u64>,
 ) -> io::Result<bool> {
-    let path = head.path.split('?').next().unwrap_or("");
+    let path = head.path().split('?').next().unwrap_or("");
     match path {
         "/__upstream/fail" => state.fail_status.store(status.unwrap_or(0), Relaxed),
         "/__upstream/delay" => state.delay_ms.store(ms.unwrap_or(0), Relaxed),
         "/__upstream/hang" => {
-            let on = params(&head.target).contains(&("on".into(), "1".into()));
+            let on = params(head.target()).contains(&("on".into(), "1".into()));
             state.hang_all.store(on, Relaxed);
         }
         "/__upstream/health" => state.health_status.store(status.unwrap_or(0), Relaxed),
