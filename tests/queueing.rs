@@ -161,3 +161,41 @@ fn connections_over_the_cap_get_503_too_many_connections() {
     // Read in-process: an admin request would itself be a connection over the cap.
     assert!(s.metrics().outcome("too_many_connections") >= 1);
 }
+
+#[test]
+fn an_upload_still_sending_when_its_queue_time_runs_out_reads_its_503() {
+    use std::io::Write;
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.max_concurrent_requests = 1;
+        c.queue_timeout = Duration::from_millis(300);
+    });
+    let busy = background_get(s.addr(), "/slow?delay_ms=1500");
+    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())
+        ["active_requests"]
+        == 1));
+    // Like `requests.post(data=...)`: the whole body is written before the answer is read.
+    let total = 64 << 20;
+    let mut c = Conn::open(s.addr());
+    c.send(
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+    );
+    let mut writer = c.r.get_ref().try_clone().unwrap();
+    let sent = std::thread::spawn(move || {
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            // Until sluice stops reading (the answer is out and the linger is over).
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    sent.join().unwrap(); // then the answer is read, as such a client does
+    let r = c.response(false).expect("the 503, not a reset");
+    r.assert_sluice_error(503, "queue_timeout");
+    assert_eq!(busy.join().unwrap().status, 200);
+    assert!(up.received().iter().all(|r| r.target != "/upload"));
+}

@@ -46,10 +46,14 @@ pub fn header_canonical(out: &mut Vec<u8>, lower: &str, value: &[u8]) {
         "etag" => out.extend_from_slice(b"ETag"),
         "www-authenticate" => out.extend_from_slice(b"WWW-Authenticate"),
         _ => {
+            let start = out.len();
+            out.extend_from_slice(lower.as_bytes());
             let mut up = true;
-            for &b in lower.as_bytes() {
-                out.push(if up { b.to_ascii_uppercase() } else { b });
-                up = b == b'-';
+            for b in &mut out[start..] {
+                if up {
+                    b.make_ascii_uppercase();
+                }
+                up = *b == b'-';
             }
         }
     }

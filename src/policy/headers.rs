@@ -20,19 +20,36 @@ pub const HOP_BY_HOP: &[&str] = &[
     "expect",
 ];
 
-/// The lower-cased tokens of all `Connection` headers in `values`.
-pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
-        .flat_map(|v| v.split(|&b| b == b','))
-        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+/// The `Connection` headers of a message, borrowed from it: the usual one value without an
+/// allocation (a request and a response pass through this each).
+#[derive(Default)]
+pub struct ConnectionTokens<'a> {
+    first: Option<&'a [u8]>,
+    more: Vec<&'a [u8]>,
+}
+
+impl ConnectionTokens<'_> {
+    /// True if a token of these headers is `name` (any case).
+    fn names(&self, name: &str) -> bool {
+        self.first
+            .iter()
+            .chain(&self.more)
+            .flat_map(|v| v.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// The tokens of all `Connection` headers in `values`.
+pub fn connection_tokens<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> ConnectionTokens<'a> {
+    ConnectionTokens {
+        first: values.next(),
+        more: values.collect(),
+    }
 }
 
 /// True if a header with this (any-case) name crosses the proxy.
-pub fn is_end_to_end(name: &str, tokens: &[String]) -> bool {
-    !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        && !tokens.iter().any(|t| name.eq_ignore_ascii_case(t))
+pub fn is_end_to_end(name: &str, tokens: &ConnectionTokens<'_>) -> bool {
+    !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) && !tokens.names(name)
 }
 
 /// The longest client `X-Request-Id` kept (a longer one is replaced by sluice's own).
@@ -321,6 +338,6 @@ mod tests {
         let ids: std::collections::HashSet<_> =
             (0..100).map(|_| new_request_id().to_string()).collect();
         assert_eq!(ids.len(), 100);
-        assert!(is_end_to_end("Set-Cookie", &[]));
+        assert!(is_end_to_end("Set-Cookie", &ConnectionTokens::default()));
     }
 }

@@ -12,6 +12,7 @@ use ureq::Body;
 use super::cancel::Cancel;
 use super::classify::classify;
 use super::exchange::Exchange;
+use super::request::X_REQUEST_ID;
 use crate::answer;
 use crate::http::conn::ClientConn;
 use crate::http::delivery::Delivery;
@@ -88,7 +89,7 @@ fn response_head(
     }
     headers::append(&mut via, headers::via_entry(head.http10));
     write::header(&mut out, b"Via", &via);
-    if !headers.contains_key("x-request-id") {
+    if !headers.contains_key(X_REQUEST_ID) {
         write::header(&mut out, b"X-Request-Id", request_id.as_bytes());
     }
     let bodiless_status = status < 200 || status == 204;

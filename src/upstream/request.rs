@@ -94,13 +94,17 @@ pub fn build(
     Ok(req)
 }
 
+/// Names sluice adds, made once at compile time (`from_static` checks its text when it runs).
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// A header name for `http`: the ones sluice adds are static (no allocation, and nothing to
 /// copy when each attempt clones the head); `http` knows the standard ones; the rest are
 /// parsed (and allocated).
 fn header_name(name: &str) -> Result<http::HeaderName, http::header::InvalidHeaderName> {
     Ok(match name {
-        "x-forwarded-for" => http::HeaderName::from_static("x-forwarded-for"),
-        "x-request-id" => http::HeaderName::from_static("x-request-id"),
+        "x-forwarded-for" => X_FORWARDED_FOR,
+        "x-request-id" => X_REQUEST_ID,
         _ => return http::HeaderName::from_bytes(name.as_bytes()),
     })
 }
