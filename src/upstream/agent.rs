@@ -10,6 +10,7 @@ use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::Agent;
 
 use super::buffers::RESPONSE_HEAD_MAX;
+use super::request::Origin;
 use super::resolve::{look_up_in_background, CachedResolver};
 use super::transport::UpstreamTcp;
 use crate::config::Config;
@@ -18,7 +19,7 @@ use crate::observe::lookup::TargetLookup;
 /// An agent and the base URI (`http://host:port`).
 pub struct Upstream {
     pub agent: Agent,
-    pub base: String,
+    pub origin: Origin,
 }
 
 impl Upstream {
@@ -67,7 +68,7 @@ impl Upstream {
         };
         Upstream {
             agent,
-            base: cfg.target_base(),
+            origin: Origin::new(cfg.target_base()),
         }
     }
 }
