@@ -10,7 +10,7 @@ use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::Agent;
 
 use super::buffers::RESPONSE_HEAD_MAX;
-use super::request::Origin;
+use super::request::Base;
 use super::resolve::{look_up_in_background, CachedResolver};
 use super::transport::UpstreamTcp;
 use crate::config::Config;
@@ -19,7 +19,7 @@ use crate::observe::lookup::TargetLookup;
 /// An agent and the base URI (`http://host:port`).
 pub struct Upstream {
     pub agent: Agent,
-    pub origin: Origin,
+    pub base: Base,
 }
 
 impl Upstream {
@@ -68,7 +68,7 @@ impl Upstream {
         };
         Upstream {
             agent,
-            origin: Origin::new(cfg.target_base()),
+            base: Base::new(cfg.target_base()),
         }
     }
 }

@@ -54,7 +54,7 @@ pub fn forward(
 ) -> Finished {
     let (head, rid) = (x.head, x.request_id);
     let who = (conn.peer.ip(), rid);
-    let first = match request::build(&x.upstream.origin, head, who, x.cfg.request_via) {
+    let first = match request::build(&x.upstream.base, head, who, x.cfg.request_via) {
         Ok(t) => t,
         Err(reason) => return answer::send(conn, head, reason, rid, None, false),
     };
@@ -109,7 +109,7 @@ pub fn forward(
     let client_paced = matches!(payload, Payload::Streamed) && !in_buffer;
     // A retry builds the request again (the same head, the same id): the first attempt takes
     // this one whole instead of a copy.
-    let rebuild = || request::build(&x.upstream.origin, head, who, x.cfg.request_via);
+    let rebuild = || request::build(&x.upstream.base, head, who, x.cfg.request_via);
     let (ended, attempts, upstream_time) = attempt_all(x, (first, &rebuild), &payload, &mut body);
     let (body_done, bytes_in, body_failure) = (body.is_complete(), body.read, body.failure);
     drop((body, reading));
@@ -248,10 +248,10 @@ fn attempt_all(
         let detail = match &res {
             Ok(r) => format!(
                 "{}: answered {}",
-                authority(x.upstream.origin.base()),
+                authority(x.upstream.base.as_str()),
                 r.status()
             ),
-            Err(e) => format!("{}: {}", authority(x.upstream.origin.base()), cause(e)),
+            Err(e) => format!("{}: {}", authority(x.upstream.base.as_str()), cause(e)),
         };
         let replayable = !matches!(payload, Payload::Streamed);
         let wire = Wire::get();

@@ -41,7 +41,7 @@ pub fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
 /// The upstream request without its body (each attempt attaches its own), or the reason it cannot be sent (`check_encodable`,
 /// and anything `http` refuses). `via`: add sluice's `Via` entry (`request_via`).
 pub fn build(
-    origin: &Origin,
+    base: &Base,
     head: &RequestHead,
     (client, request_id): (IpAddr, &str),
     via: bool,
@@ -49,9 +49,7 @@ pub fn build(
     check_encodable(head)?;
     let method =
         http::Method::from_bytes(head.method().as_bytes()).map_err(|_| Reason::BadRequest)?;
-    let uri = origin
-        .uri(&requote(head.path()))
-        .ok_or(Reason::BadRequest)?;
+    let uri = base.uri(&requote(head.path())).ok_or(Reason::BadRequest)?;
     // Built in place: the `http` builder moves itself (a few hundred bytes) on every header.
     let mut req = http::Request::new(());
     *req.method_mut() = method;
@@ -92,29 +90,29 @@ pub fn build(
     Ok(req)
 }
 
-/// Where every upstream request goes: the base URI (`http://host:port`), its scheme and
+/// Where every upstream request goes: the base URI (`scheme://host:port`), its scheme and
 /// authority parsed once — a request's URI is then its path parsed, the rest shared, not parsed
 /// again per request.
-pub struct Origin {
+pub struct Base {
     base: String,
     parts: Option<(http::uri::Scheme, http::uri::Authority)>,
 }
 
-impl Origin {
-    pub fn new(base: String) -> Origin {
+impl Base {
+    pub fn new(base: String) -> Base {
         let parts = http::Uri::try_from(base.as_str()).ok().and_then(|uri| {
             let p = uri.into_parts();
             Some((p.scheme?, p.authority?))
         });
-        Origin { base, parts }
+        Base { base, parts }
     }
 
     /// `scheme://host:port`.
-    pub fn base(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.base
     }
 
-    /// The URI of `path` (origin-form: path and query) at this origin; `None` if it is not one.
+    /// The URI of `path` (origin-form: path and query) at this base; `None` if it is not one.
     fn uri(&self, path: &str) -> Option<http::Uri> {
         let Some((scheme, authority)) = &self.parts else {
             return http::Uri::try_from(format!("{}{path}", self.base)).ok();
@@ -243,15 +241,15 @@ mod tests {
     }
 
     #[test]
-    fn a_uri_from_the_parsed_origin_is_the_one_parsed_whole() {
+    fn a_uri_from_the_parsed_base_is_the_one_parsed_whole() {
         for base in [
             "http://u:8888",
             "http://127.0.0.1:80",
             "http://[::1]:9",
             "https://h.example:443",
         ] {
-            let origin = super::Origin::new(base.to_string());
-            assert!(origin.parts.is_some(), "{base}");
+            let parsed = super::Base::new(base.to_string());
+            assert!(parsed.parts.is_some(), "{base}");
             for path in [
                 "/",
                 "/tiny",
@@ -261,7 +259,7 @@ mod tests {
                 "/\u{e9}",
             ] {
                 let whole = http::Uri::try_from(format!("{base}{path}")).ok();
-                assert_eq!(origin.uri(path), whole, "{base}{path}");
+                assert_eq!(parsed.uri(path), whole, "{base}{path}");
             }
         }
     }
