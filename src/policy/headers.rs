@@ -122,8 +122,10 @@ pub fn new_request_id() -> RequestId {
     RequestId { len: 16, bytes }
 }
 
-/// The headers sent upstream: end-to-end headers as received (names and order kept, borrowed
-/// from the head, not copied), then one `X-Forwarded-For` (earlier hops + this client), one
+/// The headers sent upstream: end-to-end headers in the order received (borrowed from the head,
+/// not copied; on the wire ureq writes each name lower-cased and a name's repeated lines
+/// together, in their order — the `http` crate's header map; README "Migrating from
+/// proxy_server_enhanced.py"), then one `X-Forwarded-For` (earlier hops + this client), one
 /// `Via` with sluice's entry if `via` (`request_via`; else the client's `Via` passes as it
 /// came: the Python service, nginx and HAProxy add none, and an nginx upstream with its default
 /// `gzip_proxied off` stops compressing for a request that has one), and `X-Request-Id`.

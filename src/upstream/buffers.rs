@@ -51,8 +51,9 @@ thread_local! {
 const SPARE_OUTPUT_MAX: usize = 4 * 1024;
 
 /// While it lives, the output buffers the worker thread's upstream connections allocate are at
-/// most `size` bytes: set by an attempt that knows how much it will write (a request head with
-/// no body). Restores the size before when dropped.
+/// most `size` bytes (the thread's spare, reused rather than allocated, may be larger — up to
+/// `SPARE_OUTPUT_MAX`): set by an attempt that knows how much it will write (a request head
+/// with no body). Restores the size before when dropped.
 pub struct OutputSize(Option<usize>);
 
 impl OutputSize {
