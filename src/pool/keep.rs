@@ -27,6 +27,7 @@ use crate::policy::headers;
 use crate::policy::route::{route, Route};
 use crate::state::Shared;
 use crate::upstream::request::check_encodable;
+use crate::upstream::transport::give_back_idle;
 
 /// How long a worker waits for its connection's next request.
 pub const KEEP: Duration = Duration::from_millis(2);
@@ -68,7 +69,13 @@ pub fn next<'q>(
     let head = match briefly(|| client.io.await_head(KEEP, cfg.max_header_bytes)) {
         HeadPoll::Ready(head) => head,
         HeadPoll::Closed => return Next::Gone,
-        HeadPoll::Pending | HeadPoll::Invalid(_) => return Next::Back(client),
+        HeadPoll::Pending | HeadPoll::Invalid(_) => {
+            // The wait the kept upstream connection was for found nothing: it goes to the shared
+            // set now, not when this worker next blocks — the client's request may come through
+            // the front end to another worker first, which would miss it and connect anew.
+            give_back_idle();
+            return Next::Back(client);
+        }
     };
     let body_here = head.framing == Framing::None
         || (!head.expect_continue && client.io.body_buffered(head.framing));

@@ -6,7 +6,8 @@
 //! a worker holds a kept connection only while it runs: never across a slow request body, a
 //! back-off or a write to a client that does not read. The one wait exempted is the worker's
 //! wait for a kept client's next request (`keep.rs`, at most twice `KEEP`, made inside
-//! `briefly`): the wait the kept connection is for. And a request the worker answers without
+//! `briefly`): the wait the kept connection is for (a wait that finds nothing gives it back at
+//! once). And a request the worker answers without
 //! the upstream (a refusal, a client gone while queued) gives it back when it ends
 //! (`UnlessForwarded`): a worker serving a kept client's refused requests one after another
 //! never blocks, and must not hold it meanwhile.
