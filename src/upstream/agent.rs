@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use ureq::unversioned::transport::{Connector, RustlsConnector};
-use ureq::Agent;
+use ureq::{http, Agent};
 
 use super::buffers::RESPONSE_HEAD_MAX;
-use super::request::Base;
 use super::resolve::{look_up_in_background, CachedResolver};
 use super::transport::UpstreamTcp;
 use crate::config::Config;
@@ -73,6 +72,41 @@ impl Upstream {
     }
 }
 
+/// Where every upstream request goes: the base URI (`scheme://host:port`), its scheme and
+/// authority parsed once — a request's URI is then its path parsed, the rest shared, not parsed
+/// again per request.
+pub struct Base {
+    base: String,
+    parts: Option<(http::uri::Scheme, http::uri::Authority)>,
+}
+
+impl Base {
+    pub fn new(base: String) -> Base {
+        let parts = http::Uri::try_from(base.as_str()).ok().and_then(|uri| {
+            let p = uri.into_parts();
+            Some((p.scheme?, p.authority?))
+        });
+        Base { base, parts }
+    }
+
+    /// `scheme://host:port`.
+    pub fn as_str(&self) -> &str {
+        &self.base
+    }
+
+    /// The URI of `path` (origin-form: path and query) at this base; `None` if it is not one.
+    pub(super) fn uri(&self, path: &str) -> Option<http::Uri> {
+        let Some((scheme, authority)) = &self.parts else {
+            return http::Uri::try_from(format!("{}{path}", self.base)).ok();
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(http::uri::PathAndQuery::try_from(path).ok()?);
+        http::Uri::from_parts(parts).ok()
+    }
+}
+
 /// ureq's own read buffer, used only by an https upstream's TLS layer (plain TCP reads into
 /// `buffers.rs`): one byte over the head limit, so that a longer head is refused as too large
 /// (ureq compares what it holds with the limit) rather than as a connection that stalled.
@@ -114,6 +148,36 @@ impl UpstreamClient {
         }
         if changed {
             *self.0.write() = Arc::new(Upstream::new(new, self.1.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Base;
+    use ureq::http;
+
+    #[test]
+    fn a_uri_from_the_parsed_base_is_the_one_parsed_whole() {
+        for base in [
+            "http://u:8888",
+            "http://127.0.0.1:80",
+            "http://[::1]:9",
+            "https://h.example:443",
+        ] {
+            let parsed = Base::new(base.to_string());
+            assert!(parsed.parts.is_some(), "{base}");
+            for path in [
+                "/",
+                "/tiny",
+                "/a?q=1&r=%7B",
+                "/p/a;b,c?d=e+f&g=h#i",
+                "/a b",
+                "/\u{e9}",
+            ] {
+                let whole = http::Uri::try_from(format!("{base}{path}")).ok();
+                assert_eq!(parsed.uri(path), whole, "{base}{path}");
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ureq::http;
 
-use super::agent::OUTPUT_BUFFER;
+use super::agent::{Base, OUTPUT_BUFFER};
 use crate::http::parse::{Framing, RequestHead};
 use crate::policy::headers;
 use crate::policy::reason::Reason;
@@ -88,41 +88,6 @@ pub fn build(
         );
     }
     Ok(req)
-}
-
-/// Where every upstream request goes: the base URI (`scheme://host:port`), its scheme and
-/// authority parsed once — a request's URI is then its path parsed, the rest shared, not parsed
-/// again per request.
-pub struct Base {
-    base: String,
-    parts: Option<(http::uri::Scheme, http::uri::Authority)>,
-}
-
-impl Base {
-    pub fn new(base: String) -> Base {
-        let parts = http::Uri::try_from(base.as_str()).ok().and_then(|uri| {
-            let p = uri.into_parts();
-            Some((p.scheme?, p.authority?))
-        });
-        Base { base, parts }
-    }
-
-    /// `scheme://host:port`.
-    pub fn as_str(&self) -> &str {
-        &self.base
-    }
-
-    /// The URI of `path` (origin-form: path and query) at this base; `None` if it is not one.
-    fn uri(&self, path: &str) -> Option<http::Uri> {
-        let Some((scheme, authority)) = &self.parts else {
-            return http::Uri::try_from(format!("{}{path}", self.base)).ok();
-        };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(scheme.clone());
-        parts.authority = Some(authority.clone());
-        parts.path_and_query = Some(http::uri::PathAndQuery::try_from(path).ok()?);
-        http::Uri::from_parts(parts).ok()
-    }
 }
 
 /// Names sluice adds, made once at compile time (`from_static` checks its text when it runs).
@@ -238,30 +203,6 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(output_for_head(&plain), 1024, "a usual head: 1 KiB, not 16");
-    }
-
-    #[test]
-    fn a_uri_from_the_parsed_base_is_the_one_parsed_whole() {
-        for base in [
-            "http://u:8888",
-            "http://127.0.0.1:80",
-            "http://[::1]:9",
-            "https://h.example:443",
-        ] {
-            let parsed = super::Base::new(base.to_string());
-            assert!(parsed.parts.is_some(), "{base}");
-            for path in [
-                "/",
-                "/tiny",
-                "/a?q=1&r=%7B",
-                "/p/a;b,c?d=e+f&g=h#i",
-                "/a b",
-                "/\u{e9}",
-            ] {
-                let whole = http::Uri::try_from(format!("{base}{path}")).ok();
-                assert_eq!(parsed.uri(path), whole, "{base}{path}");
-            }
-        }
     }
 
     #[test]
