@@ -9,9 +9,28 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
+use sluice::Running;
 
 fn background_get(addr: SocketAddr, path: &'static str) -> JoinHandle<Resp> {
     std::thread::spawn(move || get(addr, path))
+}
+
+/// One worker, a 300 ms `queue_timeout`, and the worker busy with a 1.5 s request.
+fn one_worker_busy_for_1500_ms() -> (
+    sluice_tools::upstream::TestUpstream,
+    Running,
+    JoinHandle<Resp>,
+) {
+    let up = upstream();
+    let s = sluice(up.port(), |c| {
+        c.max_concurrent_requests = 1;
+        c.queue_timeout = Duration::from_millis(300);
+    });
+    let busy = background_get(s.addr(), "/slow?delay_ms=1500");
+    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())
+        ["active_requests"]
+        == 1));
+    (up, s, busy)
 }
 
 #[test]
@@ -59,15 +78,7 @@ fn full_queue_answers_503_queue_full_at_once() {
 
 #[test]
 fn request_waiting_past_queue_timeout_gets_503_and_is_never_forwarded() {
-    let up = upstream();
-    let s = sluice(up.port(), |c| {
-        c.max_concurrent_requests = 1;
-        c.queue_timeout = Duration::from_millis(300);
-    });
-    let busy = background_get(s.addr(), "/slow?delay_ms=1500");
-    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())
-        ["active_requests"]
-        == 1));
+    let (up, s, busy) = one_worker_busy_for_1500_ms();
     let t = Instant::now();
     let r = get(s.addr(), "/late");
     let took = t.elapsed();
@@ -165,15 +176,7 @@ fn connections_over_the_cap_get_503_too_many_connections() {
 #[test]
 fn an_upload_still_sending_when_its_queue_time_runs_out_reads_its_503() {
     use std::io::Write;
-    let up = upstream();
-    let s = sluice(up.port(), |c| {
-        c.max_concurrent_requests = 1;
-        c.queue_timeout = Duration::from_millis(300);
-    });
-    let busy = background_get(s.addr(), "/slow?delay_ms=1500");
-    assert!(eventually(Duration::from_secs(3), || metrics(s.addr())
-        ["active_requests"]
-        == 1));
+    let (up, s, busy) = one_worker_busy_for_1500_ms();
     // Like `requests.post(data=...)`: the whole body is written before the answer is read.
     let total = 64 << 20;
     let mut c = Conn::open(s.addr());
