@@ -48,6 +48,45 @@ fn unencodable_requests_are_client_errors_and_never_open_the_breaker() {
     assert_eq!(get(s.addr(), "/ok").status, 200, "everyone else is served");
 }
 
+/// The same on a kept connection, whose next request a worker reads itself: a request ureq
+/// cannot encode goes back to the front end for its 400/431 (checked once, where it is read;
+/// the connection then closes, its body unread), and the requests before it on that
+/// connection are served as sent.
+#[test]
+fn an_unencodable_request_on_a_kept_connection_is_the_clients_error() {
+    let up = upstream();
+    let s = sluice(up.port(), |c| c.max_retries = 0);
+    let long = "a".repeat(40 * 1024);
+    for (bad, status) in [
+        (
+            b"GET /auth HTTP/1.1\r\nHost: a\r\nAuthorization: B\xe9arer x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            format!("GET /long HTTP/1.1\r\nHost: a\r\nX-Long: {long}\r\n\r\n").into_bytes(),
+            431,
+        ),
+    ] {
+        let mut c = Conn::open(s.addr());
+        for i in 0..3 {
+            let r = c.get(&format!("/before{i}"));
+            assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+        }
+        let r = c.request(&bad, false);
+        assert_eq!(r.status, status, "{r:?}");
+        assert!(r.header("x-sluice-error").is_some(), "{r:?}");
+        assert!(c.closed_within(Duration::from_secs(5)), "then it closes");
+    }
+    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets.len(), 6, "{targets:?}");
+    assert!(
+        targets.iter().all(|t| t.starts_with("/before")),
+        "the upstream saw none of them: {targets:?}"
+    );
+    assert_eq!(metrics(s.addr())["circuit_state"], "closed");
+    assert_eq!(get(s.addr(), "/ok").status, 200, "everyone else is served");
+}
+
 /// An upstream response with both `Content-Length` and `Transfer-Encoding: chunked` is framed
 /// by `Transfer-Encoding` (RFC 9112 §6.3); the next response on the connection is intact.
 #[test]

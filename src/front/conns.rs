@@ -14,11 +14,11 @@ use mio::{Interest, Token};
 use super::Front;
 use crate::config::Config;
 use crate::http::conn::recv_now;
-use crate::http::parse::RequestHead;
 use crate::policy::fair::Group;
 use crate::policy::headers::RequestId;
 use crate::pool::handoff::Client;
 use crate::state::InProgress;
+use crate::upstream::request::Sendable;
 
 /// A connection waiting on the front end for its next request, or for its answer to go out.
 pub(super) struct Entry {
@@ -46,7 +46,7 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// A request waiting for its (small) body to arrive whole.
 pub(super) struct Pending {
-    pub head: RequestHead,
+    pub head: Sendable,
     pub request_id: RequestId,
     pub started: Instant,
     pub in_progress: InProgress,

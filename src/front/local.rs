@@ -26,7 +26,7 @@ use crate::policy::route::{route, Route};
 use crate::pool::handoff::{Client, Job, Parked};
 use crate::pool::slot::Slot;
 use crate::state::Shared;
-use crate::upstream::request::check_encodable;
+use crate::upstream::request::Sendable;
 
 impl Front {
     /// Handles one request head. True if the connection is still here, ready for the next one.
@@ -53,15 +53,29 @@ impl Front {
         };
         // Answered here, with no worker: `OPTIONS *`, WebSocket upgrades, requests ureq cannot
         // send, a sluice whose grace ended, an open breaker.
-        let local = if route == Route::OptionsStar {
-            Some((options_star(&head), Outcome::Upstream(200)))
-        } else if route == Route::Upgrade {
-            let reason = Reason::UpgradeUnsupported;
-            let a = answer::error(&head, reason, &request_id, None, body_done);
-            Some((a, Outcome::Sluice(reason)))
-        } else if let Err(reason) = check_encodable(&head) {
-            let a = answer::error(&head, reason, &request_id, None, false);
-            Some((a, Outcome::Sluice(reason)))
+        let own = |head: &RequestHead| match route {
+            Route::OptionsStar => Some((options_star(head), Outcome::Upstream(200))),
+            Route::Upgrade => {
+                let reason = Reason::UpgradeUnsupported;
+                let a = answer::error(head, reason, &request_id, None, body_done);
+                Some((a, Outcome::Sluice(reason)))
+            }
+            _ => None,
+        };
+        let head = match Sendable::check(head) {
+            Ok(head) => head,
+            Err((head, reason)) => {
+                let (a, outcome) = own(&head).unwrap_or_else(|| {
+                    let a = answer::error(&head, reason, &request_id, None, false);
+                    (a, Outcome::Sluice(reason))
+                });
+                let ctx = RequestCtx::new(&head, &request_id, peer, started, Duration::ZERO)
+                    .in_group(&group);
+                return self.answer_here(key, &ctx, a, outcome);
+            }
+        };
+        let local = if let Some(own) = own(&head) {
+            Some(own)
         } else if let Some(r) = refusal(&gate) {
             let a = answer::error(&head, r.reason, &request_id, r.retry_after, body_done);
             Some((a, Outcome::Sluice(r.reason)))
@@ -110,7 +124,7 @@ impl Front {
                 if p.head.expect_continue {
                     // The client waits for this before it sends the body.
                     let _ = e.client.io.try_send(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    p.head.expect_continue = false;
+                    p.head.continue_sent();
                 }
                 e.deadline = p.started + cfg.client_header_timeout;
                 e.body_wait = Some(p);

@@ -13,12 +13,12 @@ use mio::{Registry, Waker};
 
 use super::slot::Slot;
 use crate::http::conn::ClientConn;
-use crate::http::parse::RequestHead;
 use crate::policy::admission::Ticket;
 use crate::policy::fair::Group;
 use crate::policy::headers::RequestId;
 use crate::state::{InProgress, Shared};
 use crate::upstream::cancel::Cancel;
+use crate::upstream::request::Sendable;
 
 /// The next client connection's number (`Client::token`).
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -97,7 +97,7 @@ impl Drop for Client {
 /// A request with its connection, parked in a slot while it waits for a worker.
 pub struct Parked {
     pub client: Client,
-    pub head: RequestHead,
+    pub head: Sendable,
     pub request_id: RequestId,
     /// When its head was parsed: response time and queue wait count from here.
     pub started: Instant,

@@ -26,7 +26,7 @@ use crate::policy::fair::group_of;
 use crate::policy::headers;
 use crate::policy::route::{route, Route};
 use crate::state::Shared;
-use crate::upstream::request::check_encodable;
+use crate::upstream::request::Sendable;
 use crate::upstream::transport::give_back_idle;
 
 /// How long a worker waits for its connection's next request.
@@ -80,16 +80,19 @@ pub fn next<'q>(
     let body_here = head.framing == Framing::None
         || (!head.expect_continue && client.io.body_buffered(head.framing));
     let servable = route(&head) == Route::Upstream
-        && check_encodable(&head).is_ok()
         && body_here
         && !shared.draining()
         && shared.breaker_open_for().is_none();
-    let group = group_of(&cfg.client_key, &head, client.io.peer.ip());
-    let held = servable
-        .then(|| queue.keep(group.clone(), cfg.max_client_requests))
-        .flatten()
+    let head = servable.then(|| Sendable::check(head).ok()).flatten();
+    let group = head
+        .as_ref()
+        .map(|head| group_of(&cfg.client_key, head, client.io.peer.ip()));
+    let held = group
+        .as_ref()
+        .and_then(|group| queue.keep(group.clone(), cfg.max_client_requests))
         .and_then(|serving| Some((shared.admission.try_enter()?, serving)));
-    let Some(held) = held else {
+    let (Some(head), Some(group), Some(held)) = (head, group, held) else {
+        // The front end reads the head again and answers or queues it.
         client.io.unread_head();
         return Next::Back(client);
     };

@@ -4,8 +4,8 @@
 
 use super::agent::Upstream;
 use super::cancel::Cancel;
+use super::request::Sendable;
 use crate::config::Config;
-use crate::http::parse::RequestHead;
 use crate::state::Shared;
 
 /// Size of the copy buffer each worker uses for response bodies.
@@ -16,7 +16,7 @@ pub struct Exchange<'a> {
     pub shared: &'a Shared,
     pub cfg: &'a Config,
     pub upstream: &'a Upstream,
-    pub head: &'a RequestHead,
+    pub head: &'a Sendable,
     pub request_id: &'a str,
     /// The breaker's half-open probe: one attempt, no retries.
     pub probe: bool,

@@ -11,12 +11,41 @@ use crate::http::parse::{Framing, RequestHead};
 use crate::policy::headers;
 use crate::policy::reason::Reason;
 
+/// A request head ureq can send: `check_encodable` passed. `Sendable::check` is the only way
+/// to one and `build` takes nothing else, so no request reaches ureq unchecked and none is
+/// checked twice (the front end or a kept worker checks it where it is read, the attempts only
+/// build). Read through `Deref`; the one change allowed after the check is `continue_sent`.
+pub struct Sendable(RequestHead);
+
+impl Sendable {
+    /// `head` if ureq can send it; else the head back with the client's error.
+    pub fn check(head: RequestHead) -> Result<Sendable, (RequestHead, Reason)> {
+        match check_encodable(&head) {
+            Ok(()) => Ok(Sendable(head)),
+            Err(reason) => Err((head, reason)),
+        }
+    }
+
+    /// The `100 Continue` the client waited for was sent: none is due any more.
+    pub fn continue_sent(&mut self) {
+        self.0.expect_continue = false;
+    }
+}
+
+impl std::ops::Deref for Sendable {
+    type Target = RequestHead;
+
+    fn deref(&self) -> &RequestHead {
+        &self.0
+    }
+}
+
 /// Can ureq send this request? What it would refuse is found before anything is sent, so that
 /// it is the client's error (400/414/431) — answered by the front end without a worker — and
 /// never an upstream failure: a line longer than ureq's output buffer, a `Host` or
 /// `Authorization` value that is not visible ASCII. The request line is checked against the
 /// longest upstream base URI there can be, so that the check needs no per-request allocation.
-pub fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
+fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
     if head.method().len() + MAX_BASE + requote(head.path()).len() + LINE_OVERHEAD > OUTPUT_BUFFER {
         return Err(Reason::UriTooLong);
     }
@@ -38,15 +67,15 @@ pub fn check_encodable(head: &RequestHead) -> Result<(), Reason> {
     Ok(())
 }
 
-/// The upstream request without its body (each attempt attaches its own), or the reason it cannot be sent (`check_encodable`,
-/// and anything `http` refuses). `via`: add sluice's `Via` entry (`request_via`).
+/// The upstream request without its body (each attempt attaches its own), or the reason it
+/// cannot be sent (anything `http` refuses, a header line the rules made too long).
+/// `via`: add sluice's `Via` entry (`request_via`).
 pub fn build(
     base: &Base,
-    head: &RequestHead,
+    head: &Sendable,
     (client, request_id): (IpAddr, &str),
     via: bool,
 ) -> Result<http::Request<()>, Reason> {
-    check_encodable(head)?;
     let method =
         http::Method::from_bytes(head.method().as_bytes()).map_err(|_| Reason::BadRequest)?;
     let uri = base.uri(&requote(head.path())).ok_or(Reason::BadRequest)?;
