@@ -235,7 +235,11 @@ impl Front {
         let (key, peer) = (client.key(), client.io.peer);
         let body_done = head.framing == Framing::None && !self.shared.draining();
         let answer = answer::error(&head, reason, &request_id, None, body_done);
-        self.insert(key, Entry::waiting(client, &cfg, false));
+        let mut entry = Entry::waiting(client, &cfg, false);
+        // A body still coming is read and dropped after the answer, never reset: a client that
+        // sends its whole upload before it reads gets the answer (as `refuse_body`).
+        entry.linger_on_close |= !body_done;
+        self.insert(key, entry);
         let ctx = RequestCtx::new(&head, &request_id, peer, started, waited).in_group(&group);
         let kept = self.answer_here(key, &ctx, answer, Outcome::Sluice(reason));
         drop(in_progress);
