@@ -179,3 +179,79 @@ fn groups_come_from_the_address_a_header_or_nothing() {
     };
     assert_eq!(k.len(), MAX_KEY, "bounded");
 }
+
+/// `may_keep` + `enter` + `done` of a kept request, 1,000,000 times, with 1, 100 and 1,000
+/// groups each holding one request in a worker: nothing waiting, then one waiting per group
+/// (docs/ARCHITECTURE.md "Who owns a connection when"). Prints ns/op; asserts no timing.
+/// `cargo test --release --lib fair_bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn fair_bench_may_keep_enter_done() {
+    const OPS: u32 = 1_000_000;
+    for waiting in [false, true] {
+        for n in [1u32, 100, 1_000] {
+            let groups: Vec<Group> = (0..n)
+                .map(|i| Group::Ip(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
+                .collect();
+            let mut f = Fair::default();
+            for g in &groups {
+                f.enter(g.clone());
+                if waiting {
+                    f.push(g.clone(), 0u32);
+                }
+            }
+            let t = std::time::Instant::now();
+            let mut kept = 0u32;
+            for i in 0..OPS {
+                let g = &groups[(i % n) as usize];
+                if f.may_keep(g) {
+                    kept += 1;
+                }
+                f.enter(g.clone());
+                f.done(g);
+            }
+            let ns = t.elapsed().as_nanos() as f64 / f64::from(OPS);
+            assert_eq!(kept, OPS, "every group has as many in workers");
+            println!("fair_bench groups={n:5} waiting={waiting}: {ns:8.1} ns/op");
+        }
+    }
+}
+
+#[test]
+fn with_ten_thousand_groups_in_workers_may_keep_and_pop_still_follow_the_rule() {
+    let groups: Vec<Group> = (0..10_000u32)
+        .map(|i| Group::Ip(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
+        .collect();
+    let mut f = Fair::default();
+    for g in &groups {
+        f.enter(g.clone());
+    }
+    assert!(groups.iter().all(|g| f.may_keep(g)), "nothing waits");
+    f.push(ip(2), 0);
+    assert!(
+        !f.may_keep(&groups[9_999]),
+        "ip(2) waits with none in workers"
+    );
+    assert!(f.may_keep(&ip(2)), "its own group only");
+    assert_eq!(f.pop(), Some((ip(2), 0)));
+    for (i, g) in groups.iter().enumerate().skip(5_000) {
+        f.push(g.clone(), i);
+    }
+    assert!(f.may_keep(&groups[1]), "every waiting group has as many");
+    f.done(&groups[7]);
+    assert_eq!(f.active(), 10_000, "groups[7] is forgotten");
+    f.done(&groups[6_000]);
+    assert!(
+        !f.may_keep(&groups[1]),
+        "groups[6000] waits with none in workers"
+    );
+    assert_eq!(f.pop(), Some((groups[6_000].clone(), 6_000)));
+    assert!(f.may_keep(&groups[1]));
+    let mut served = 0;
+    while let Some((g, _)) = f.pop() {
+        assert_eq!(f.load(&g), 2, "each served once more while the others wait");
+        served += 1;
+    }
+    assert_eq!(served, 4_999);
+    f.check();
+}
