@@ -9,36 +9,42 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
 target=${CARGO_TARGET_DIR:-target}
 
-# Build only when a binary is missing or older than the sources.
+# Build only when a binary is missing or older than the sources. PROFILE: `dist` for the
+# sluice users run (optimised across crates: Cargo.toml), `release` for the demo's tools.
 build() {
-  local stale=0
+  local profile=$1 stale=0
+  shift
   for bin in "$@"; do
-    if [[ ! -x $target/release/$bin ]] || [[ -n "$(find src tools Cargo.toml Cargo.lock -newer "$target/release/$bin" -print -quit 2>/dev/null)" ]]; then
+    if [[ ! -x $target/$profile/$bin ]] || [[ -n "$(find src tools Cargo.toml Cargo.lock -newer "$target/$profile/$bin" -print -quit 2>/dev/null)" ]]; then
       stale=1
     fi
   done
   if [[ $stale == 1 ]]; then
-    echo "start.sh: building sluice (release; the first build takes a minute or two)..." >&2
-    cargo build --release --quiet --bins
+    echo "start.sh: building sluice ($profile; the first build takes a minute or two)..." >&2
+    if [[ $profile == dist ]]; then
+      cargo build --profile dist --quiet --bin sluice
+    else
+      cargo build --release --quiet --bins
+    fi
   fi
 }
 
 case "${1:-}" in
   --demo)
     shift
-    build sluice sluice-upstream sluice-demo
+    build release sluice sluice-upstream sluice-demo
     exec "$target/release/sluice-demo" "$@"
     ;;
   --build-static)
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --bin sluice
-    echo "static binary: target/x86_64-unknown-linux-gnu/release/sluice"
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --target x86_64-unknown-linux-gnu --bin sluice
+    echo "static binary: target/x86_64-unknown-linux-gnu/dist/sluice"
     exit 0
     ;;
 esac
 
-build sluice
+build dist sluice
 config=()
 if [[ " $* " != *" --config "* && -f proxy_config.json ]]; then
   config=(--config proxy_config.json)
 fi
-exec "$target/release/sluice" "${config[@]}" "$@"
+exec "$target/dist/sluice" "${config[@]}" "$@"

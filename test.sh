@@ -24,7 +24,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --bins
 # The static binary the hardening tests run in an empty root (./start.sh --build-static).
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target x86_64-unknown-linux-gnu --bin sluice
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --quiet --target x86_64-unknown-linux-gnu --bin sluice
 export SLUICE_REQUIRE_STATIC=1
 # The container image and the Kubernetes manifests, run for real with podman (installed when
 # missing) and validated against the Kubernetes schemas.

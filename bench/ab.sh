@@ -5,7 +5,7 @@
 # and `perf stat` on the sluice process: syscalls, futex calls, context switches and CPU time per request —
 # the stable signal on noisy shared cores (docs/PERFORMANCE.md "What each change moved").
 #
-#   bench/ab.sh OLD_BINARY NEW_BINARY [CONNS...]      e.g. bench/ab.sh /tmp/old/sluice target/release/sluice 50 200
+#   bench/ab.sh OLD_BINARY NEW_BINARY [CONNS...]      e.g. bench/ab.sh /tmp/old/sluice target/dist/sluice 50 200
 #
 # Environment: SECONDS_EACH (default 6), ROUNDS (default 2), PATHS (default "/tiny").
 # Needs wrk, nginx and perf (bench/run.sh installs the first two). Not part of .ci/run.

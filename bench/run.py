@@ -20,6 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+DIST = os.path.join(ROOT, "target", "dist")  # sluice as users run it (bench/run.sh builds it)
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -165,7 +166,7 @@ def measure(url, conns, pids, close=False):
 
 def start_sluice(up_port, workers, queue):
     port = free_port()
-    p = spawn([os.path.join(REL, "sluice"), "--host", "127.0.0.1", "--port", str(port), "--target-host", "127.0.0.1",
+    p = spawn([os.path.join(DIST, "sluice"), "--host", "127.0.0.1", "--port", str(port), "--target-host", "127.0.0.1",
                "--target-port", str(up_port), "--max-concurrent-requests", str(workers), "--max-queue-size", str(queue),
                "--pool-maxsize", str(workers), "--log-level", "error"])
     wait_port(port)

@@ -11,6 +11,8 @@ fi
 command -v wrk >/dev/null || { echo "bench: wrk is required (apt-get install wrk)" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --bins
+# sluice as users run it (`./start.sh`): the `dist` build, optimised across crates (Cargo.toml).
+cargo build --profile dist --quiet --bin sluice
 # The blocking bound (a reference row): std only, one file.
 rustc --edition 2021 -O -o target/release/bench-bound bench/bound.rs
 exec python3 bench/run.py "$@"

@@ -126,7 +126,7 @@ fn ten_thousand_idle_keep_alive_connections_cost_little_and_close_on_time() {
 fn static_binary() -> Option<String> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/target/x86_64-unknown-linux-gnu/release/sluice"
+        "/target/x86_64-unknown-linux-gnu/dist/sluice"
     );
     if std::path::Path::new(path).exists() {
         return Some(path.to_string());
@@ -230,7 +230,7 @@ fn deployment_files_are_valid() {
     let docker = std::fs::read_to_string(format!("{root}/deploy/Dockerfile")).unwrap();
     assert!(docker.contains("FROM scratch"));
     assert!(
-        docker.contains("COPY target/x86_64-unknown-linux-gnu/release/sluice"),
+        docker.contains("COPY target/x86_64-unknown-linux-gnu/dist/sluice"),
         "copies what start.sh --build-static builds"
     );
     let check = r#"
