@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start sluice: builds the release binary if needed and runs it with proxy_config.json
+# Start sluice: builds the binary (profile dist: Cargo.toml) if needed and runs it with proxy_config.json
 # (flags given here override the file). Also: --demo, --build-static.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,10 +12,11 @@ target=${CARGO_TARGET_DIR:-target}
 # Build only when a binary is missing or older than the sources. PROFILE: `dist` for the
 # sluice users run (optimised across crates: Cargo.toml), `release` for the demo's tools.
 build() {
-  local profile=$1 stale=0
+  local profile=$1 stale=0 sources=(src tools Cargo.toml Cargo.lock)
   shift
+  [[ $profile == dist ]] && sources=(src Cargo.toml Cargo.lock) # sluice alone: not the tools
   for bin in "$@"; do
-    if [[ ! -x $target/$profile/$bin ]] || [[ -n "$(find src tools Cargo.toml Cargo.lock -newer "$target/$profile/$bin" -print -quit 2>/dev/null)" ]]; then
+    if [[ ! -x $target/$profile/$bin ]] || [[ -n "$(find "${sources[@]}" -newer "$target/$profile/$bin" -print -quit 2>/dev/null)" ]]; then
       stale=1
     fi
   done
@@ -26,6 +27,9 @@ build() {
     else
       cargo build --release --quiet --bins
     fi
+    # Cargo does not relink for a change that does not touch the program (a comment in a file
+    # it does not read): the binaries are marked as current, so the next start does not build.
+    for bin in "$@"; do touch "$target/$profile/$bin"; done
   fi
 }
 
@@ -37,7 +41,7 @@ case "${1:-}" in
     ;;
   --build-static)
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --target x86_64-unknown-linux-gnu --bin sluice
-    echo "static binary: target/x86_64-unknown-linux-gnu/dist/sluice"
+    echo "static binary: $target/x86_64-unknown-linux-gnu/dist/sluice"
     exit 0
     ;;
 esac

@@ -156,8 +156,9 @@ impl Running {
         }
     }
 
-    /// Waits until no request is queued or in flight and no answer is still being sent (the
-    /// front end's, or one a worker left it), at most `grace`. True if it got there.
+    /// Waits until no request is queued or in flight, no answer is still being sent (the
+    /// front end's, or one a worker left it) and no closed connection is still lingering (its
+    /// client's last bytes read and dropped, at most 2 s), at most `grace`. True if it got there.
     pub fn wait_idle(&self, grace: Duration) -> bool {
         let until = Instant::now() + grace;
         loop {

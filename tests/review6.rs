@@ -88,12 +88,12 @@ fn a_refused_upload_sent_fast_lingers_no_more_than_2_s() {
 /// A pod rolled while a refused upload lingers. The upload (like `requests.post(data=...)`)
 /// writes its whole body before reading; sluice answered 503 `queue_full` at once and reads and
 /// drops the rest for up to 2 s (README "What can hold a worker": "the client gets its answer,
-/// not a reset"). SIGTERM comes meanwhile: the drain waits only for requests in progress, the
-/// lingering connection is not one, so sluice exits as soon as its worker's request ends and
-/// the socket is closed with the client's bytes unread: a reset. The client's write fails
-/// part-way (`requests` raises `ConnectionError`), its 503 lost, well inside the 2 s promised.
+/// not a reset"). SIGTERM comes meanwhile. Proven a defect in review: the drain waited only for
+/// requests in progress, so sluice exited as soon as its worker's request ended and closed the
+/// socket with the client's bytes unread — a reset, the client's write failed part-way
+/// (`requests` raises `ConnectionError`), its 503 lost. Now a lingering connection holds the
+/// drain, at most its 2 s.
 #[test]
-#[ignore = "defect: a drain exits under a lingering refused upload: the client gets a reset, not its 503, inside the 2 s README promises"]
 fn a_refused_upload_lingering_through_a_drain_still_gets_its_503() {
     let up = upstream();
     let (s, busy) = one_worker_held(&up, 300);

@@ -143,13 +143,14 @@ impl Front {
     }
 
     /// The drain's grace is over: an answer still being sent to a slow reader is cut (its
-    /// connection closes short of the end). Returns how many were.
+    /// connection closes short of the end). Returns how many were. A lingering connection (its
+    /// answer is out) lingers on, at most until sluice exits.
     pub(super) fn cut_deliveries(&mut self) -> usize {
         let mut cut = 0;
         for key in 0..self.entries.len() {
             let held = self.entries[key]
                 .as_ref()
-                .is_some_and(|e| e.client.delivering.is_some());
+                .is_some_and(|e| e.client.delivering.is_some() && !e.lingering);
             if held {
                 self.close(key);
                 cut += 1;
@@ -278,7 +279,16 @@ impl Front {
             e.lingering = true;
             e.head_begun = false;
             e.deadline = Instant::now() + LINGER;
+            // A drain waits for it (at most `LINGER`): sluice exiting now would close the
+            // socket with the client's bytes unread — the reset the linger is there to avoid.
+            let held = self.shared.begin_request();
+            if let Some(e) = self.entry(key) {
+                e.client.delivering.get_or_insert(held);
+            }
         }
+        let Some(e) = self.entry(key) else {
+            return;
+        };
         let mut sink = [0u8; 4096];
         loop {
             match recv_now(e.client.io.stream(), &mut sink) {

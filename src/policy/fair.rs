@@ -110,7 +110,8 @@ impl<T> Fair<T> {
 
     /// The group a free worker serves next: of the groups with a request waiting, the one with
     /// the fewest in workers; ties to the one served longest ago (groups never served: to the
-    /// one whose line was made first). The first entry of the index: O(log groups).
+    /// one whose line was made first; a group forgotten — nothing in workers or waiting — and
+    /// seen again starts as never served). The first entry of the index: O(log groups).
     pub fn next(&self) -> Option<&Group> {
         self.lines.ready().next().map(|(_, g)| g)
     }
