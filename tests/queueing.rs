@@ -175,27 +175,12 @@ fn connections_over_the_cap_get_503_too_many_connections() {
 
 #[test]
 fn an_upload_still_sending_when_its_queue_time_runs_out_reads_its_503() {
-    use std::io::Write;
     let (up, s, busy) = one_worker_busy_for_1500_ms();
     // Like `requests.post(data=...)`: the whole body is written before the answer is read.
     let total = 32 << 20;
     let mut c = Conn::open(s.addr());
-    c.send(
-        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
-    );
-    let mut writer = c.r.get_ref().try_clone().unwrap();
-    let sent = std::thread::spawn(move || {
-        let chunk = vec![b'u'; 64 * 1024];
-        let mut sent = 0;
-        while sent < total {
-            // Until sluice stops reading (the answer is out and the linger is over).
-            if writer.write_all(&chunk).is_err() {
-                break;
-            }
-            sent += chunk.len();
-        }
-        sent
-    });
+    // Until all is sent or sluice stops reading (the answer is out and the linger is over).
+    let sent = c.upload(total, Duration::ZERO);
     // sluice answers, closes its side and reads what still comes (README "What can hold a
     // worker"): the whole upload goes out with no reset — a client OS that discards what it
     // received on a reset would lose the answer — and then the answer is read.

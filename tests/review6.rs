@@ -100,25 +100,7 @@ fn a_refused_upload_lingering_through_a_drain_still_gets_its_503() {
     let addr = s.addr();
     let total: usize = 4 << 20; // 4 MiB at ~6 MiB/s: about 0.7 s of sending, inside the 2 s
     let mut c = Conn::open(addr);
-    c.send(
-        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
-    );
-    let mut writer = c.r.get_ref().try_clone().unwrap();
-    writer
-        .set_write_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let sender = std::thread::spawn(move || {
-        let chunk = vec![b'u'; 64 * 1024];
-        let mut sent = 0;
-        while sent < total {
-            if writer.write_all(&chunk).is_err() {
-                break;
-            }
-            sent += chunk.len();
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        sent
-    });
+    let sender = c.upload(total, Duration::from_millis(10));
     // The 503 is out at once (the queue is full); now the pod is rolled.
     std::thread::sleep(Duration::from_millis(100));
     let stopper = std::thread::spawn(move || s.shutdown(Duration::from_secs(10)));

@@ -189,6 +189,33 @@ impl Conn {
         self.r.get_mut().write_all(raw).expect("write request");
     }
 
+    /// Sends a `POST /upload` head for `total` body bytes, then writes the body from a thread
+    /// in 64 KiB pieces (with `pause` after each) until all of it is sent or a write fails —
+    /// like `requests.post(data=...)`, which sends the whole body before reading the answer.
+    /// The thread returns the bytes sent.
+    pub fn upload(&mut self, total: usize, pause: Duration) -> std::thread::JoinHandle<usize> {
+        self.send(
+            format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n")
+                .as_bytes(),
+        );
+        let mut writer = self.r.get_ref().try_clone().unwrap();
+        writer
+            .set_write_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'u'; 64 * 1024];
+            let mut sent = 0;
+            while sent < total {
+                if writer.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent += chunk.len();
+                std::thread::sleep(pause);
+            }
+            sent
+        })
+    }
+
     /// Sends `raw` and reads one response (`head`: it answers a HEAD request).
     pub fn request(&mut self, raw: &[u8], head: bool) -> Resp {
         self.send(raw);
