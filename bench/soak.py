@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak test, run by hand (bench/soak.sh): sluice (release) against sluice-upstream for a bounded
+"""Soak test, run by hand (bench/soak.sh): sluice (the `dist` build users run) against sluice-upstream for a bounded
 time (default 300 s), mixing normal traffic with faults (slow and hanging upstream responses,
 resets, truncations, garbage, client aborts, malformed and slow clients). Reports sluice's RSS,
 open fds and threads at the start and the end, and whether it crashed. Loopback only."""
@@ -7,6 +7,7 @@ import os, random, re, socket, subprocess, sys, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+DIST = os.path.join(ROOT, "target", "dist")  # sluice as users run it (soak.sh builds it)
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 300.0
 
 
@@ -67,7 +68,7 @@ def chaos(port, until):
 def main():
     up, port = free_port(), free_port()
     ups = subprocess.Popen([os.path.join(REL, "sluice-upstream"), "--listen", f"127.0.0.1:{up}", "--no-record"], stdout=subprocess.DEVNULL)
-    sl = subprocess.Popen([os.path.join(REL, "sluice"), "--host", "127.0.0.1", "--port", str(port), "--target-host", "127.0.0.1",
+    sl = subprocess.Popen([os.path.join(DIST, "sluice"), "--host", "127.0.0.1", "--port", str(port), "--target-host", "127.0.0.1",
                            "--target-port", str(up), "--read-timeout", "2", "--client-header-timeout", "2",
                            "--client-idle-timeout", "5", "--circuit-breaker-threshold", "1000000", "--log-level", "error"],
                           stderr=subprocess.DEVNULL)
